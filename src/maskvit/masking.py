@@ -1,0 +1,96 @@
+"""Patches and masks.
+
+A 32x32x3 image is an 8x8 grid of 4x4x3 patches: 64 tokens of 48 values, row-major over the
+grid, each patch flattened as (row, col, channel) -- the layout of tf.image.extract_patches.
+A mask is a boolean [batch, 64] tensor, True where the patch is hidden. Every strategy hides the
+same number of patches in every image, so a batch always has a fixed count of visible tokens.
+"""
+
+from __future__ import annotations
+
+import math
+
+import tensorflow as tf
+
+from .errors import MaskvitError
+
+IMAGE, PATCH = 32, 4
+GRID = IMAGE // PATCH  # 8 patches per side
+N_PATCHES = GRID * GRID  # 64
+PATCH_DIM = PATCH * PATCH * 3  # 48
+STRATEGIES = ("random", "row", "column")
+
+
+def patchify(images):
+    """[B,32,32,3] -> [B,64,48]."""
+    x = tf.reshape(images, [-1, GRID, PATCH, GRID, PATCH, 3])
+    x = tf.transpose(x, [0, 1, 3, 2, 4, 5])  # [B, gy, gx, py, px, c]
+    return tf.reshape(x, [-1, N_PATCHES, PATCH_DIM])
+
+
+def unpatchify(patches):
+    """[B,64,48] -> [B,32,32,3], the exact inverse of patchify."""
+    x = tf.reshape(patches, [-1, GRID, GRID, PATCH, PATCH, 3])
+    x = tf.transpose(x, [0, 1, 3, 2, 4, 5])  # [B, gy, py, gx, px, c]
+    return tf.reshape(x, [-1, IMAGE, IMAGE, 3])
+
+
+def pixel_mask(mask):
+    """[B,64] bool -> [B,32,32,1] bool: every pixel of a hidden patch is hidden."""
+    m = tf.reshape(mask, [-1, GRID, 1, GRID, 1])
+    m = tf.broadcast_to(m, [tf.shape(mask)[0], GRID, PATCH, GRID, PATCH])
+    return tf.reshape(m, [-1, IMAGE, IMAGE, 1])
+
+
+def composite(images, predicted, mask):
+    """The original's visible patches with the prediction in the hidden ones."""
+    return tf.where(pixel_mask(mask), predicted, images)
+
+
+def _half_up(x: float) -> int:
+    return math.floor(x + 0.5)
+
+
+def check(strategy: str, ratio: float) -> None:
+    if strategy not in STRATEGIES:
+        raise MaskvitError(f"unknown mask strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    if not (isinstance(ratio, (int, float)) and math.isfinite(ratio) and 0 < ratio < 1):
+        raise MaskvitError(f"mask ratio must be a number strictly between 0 and 1, got {ratio}")
+
+
+def hidden_lines(ratio: float) -> int:
+    """Whole rows (or columns) hidden: round(ratio*8), at least 1 and at most 7."""
+    return min(max(_half_up(ratio * GRID), 1), GRID - 1)
+
+
+def hidden_count(strategy: str, ratio: float) -> int:
+    """Patches hidden per image; at least one is hidden and at least one stays visible."""
+    check(strategy, ratio)
+    if strategy in ("row", "column"):
+        return hidden_lines(ratio) * GRID
+    return min(max(_half_up(ratio * N_PATCHES), 1), N_PATCHES - 1)
+
+
+def effective_ratio(strategy: str, ratio: float) -> float:
+    return hidden_count(strategy, ratio) / N_PATCHES
+
+
+def _lowest_k(noise, k: int):
+    """True at the k smallest entries of each row of noise [B,n]: a uniform random k-subset."""
+    ranks = tf.argsort(tf.argsort(noise, axis=1), axis=1)
+    return ranks < k
+
+
+def make_masks(strategy: str, ratio: float, n, seed) -> tf.Tensor:
+    """Hidden-patch masks [n,64] bool, a pure function of (strategy, ratio, n, seed).
+
+    seed is a pair of ints (or an int32 [2] tensor): stateless, so the same seed gives every
+    model in a comparison the same masks, and a resumed run the same masks it would have had."""
+    check(strategy, ratio)
+    seed = tf.cast(seed, tf.int64)
+    if strategy == "random":
+        noise = tf.random.stateless_uniform([n, N_PATCHES], seed=seed)
+        return _lowest_k(noise, hidden_count(strategy, ratio))
+    lines = _lowest_k(tf.random.stateless_uniform([n, GRID], seed=seed), hidden_lines(ratio))  # [n, 8]
+    grid = lines[:, :, None] if strategy == "row" else lines[:, None, :]
+    return tf.reshape(tf.broadcast_to(grid, [n, GRID, GRID]), [n, N_PATCHES])

@@ -1,0 +1,181 @@
+"""The models. Each takes (images [B,32,32,3] in [0,1], mask [B,64] bool, True = hidden) and
+returns a full predicted image [B,32,32,3]; each is trained on MSE over hidden pixels only.
+
+- SeedViT: the reference model, exactly: hidden patches zero-filled, every token through
+  4 pre-LN blocks.
+- MAE: the encoder sees visible tokens only; a learned mask token fills the hidden positions
+  before a light decoder over all 64 (He et al., 2021).
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+from .errors import MaskvitError
+from .masking import N_PATCHES, PATCH_DIM, patchify, pixel_mask, unpatchify
+
+PACKAGE = "maskvit"
+
+
+def masked_mse(images, predicted, mask):
+    """Mean squared error over the pixels of hidden patches only."""
+    m = tf.cast(pixel_mask(mask), tf.float32)
+    se = tf.square(tf.cast(predicted, tf.float32) - tf.cast(images, tf.float32)) * m
+    return tf.reduce_sum(se) / (tf.reduce_sum(m) * 3.0)
+
+
+@keras.saving.register_keras_serializable(PACKAGE)
+class Block(keras.layers.Layer):
+    """Pre-LN transformer block: x + MHA(LN(x)), then x + MLP(LN(x)).  [B,T,D] -> [B,T,D]"""
+
+    def __init__(self, dim=128, heads=4, mlp_dim=256, dropout=0.1, **kwargs):
+        super().__init__(**kwargs)
+        self.dim, self.heads, self.mlp_dim, self.dropout = dim, heads, mlp_dim, dropout
+        self.norm1 = keras.layers.LayerNormalization(epsilon=1e-6)
+        self.attn = keras.layers.MultiHeadAttention(heads, key_dim=dim // heads, dropout=dropout)
+        self.norm2 = keras.layers.LayerNormalization(epsilon=1e-6)
+        self.fc1 = keras.layers.Dense(mlp_dim, activation="gelu")
+        self.fc2 = keras.layers.Dense(dim)
+        self.drop1 = keras.layers.Dropout(dropout)
+        self.drop2 = keras.layers.Dropout(dropout)
+
+    def call(self, x, training=False):
+        h = self.norm1(x)
+        x = x + self.attn(h, h, training=training)
+        h = self.drop1(self.fc1(self.norm2(x)), training=training)
+        return x + self.drop2(self.fc2(h), training=training)
+
+    def get_config(self):
+        return {**super().get_config(), "dim": self.dim, "heads": self.heads, "mlp_dim": self.mlp_dim, "dropout": self.dropout}
+
+
+class MaskedModel(keras.Model):
+    """Shared by all models: the loss is MSE on hidden pixels, whatever the architecture."""
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        return masked_mse(y, y_pred, x[1])
+
+    def get_config(self):
+        return {**super().get_config(), **self.hparams}
+
+    @classmethod
+    def from_config(cls, config):
+        known = {k: config[k] for k in cls.DEFAULTS if k in config}
+        return cls(**known, name=config.get("name"))
+
+    def _positions(self):
+        return tf.range(N_PATCHES)
+
+
+@keras.saving.register_keras_serializable(PACKAGE)
+class SeedViT(MaskedModel):
+    """The reference model: zero-filled hidden patches, Linear(48->128) + learned positions,
+    4 pre-LN blocks, LayerNorm, Linear(128->48) + sigmoid."""
+
+    DEFAULTS = dict(dim=128, depth=4, heads=4, mlp_dim=256, dropout=0.1)
+
+    def __init__(self, name=None, **hparams):
+        super().__init__(name=name or "seed_vit")
+        self.hparams = {**self.DEFAULTS, **hparams}
+        h = self.hparams
+        self.embed = keras.layers.Dense(h["dim"], name="patch_embed")
+        self.pos = keras.layers.Embedding(N_PATCHES, h["dim"], name="pos_embed")
+        self.blocks = [Block(h["dim"], h["heads"], h["mlp_dim"], h["dropout"], name=f"block{i}") for i in range(h["depth"])]
+        self.norm = keras.layers.LayerNormalization(epsilon=1e-6, name="norm")
+        self.head = keras.layers.Dense(PATCH_DIM, activation="sigmoid", dtype="float32", name="head")
+
+    def call(self, inputs, training=False):
+        images, mask = inputs
+        x = patchify(images)  # [B,64,48]
+        x = tf.where(tf.cast(mask, tf.bool)[..., None], tf.zeros_like(x), x)  # hidden patches zero-filled
+        h = self.embed(x) + self.pos(self._positions())  # [B,64,D]
+        for block in self.blocks:
+            h = block(h, training=training)
+        return unpatchify(self.head(self.norm(h)))  # [B,32,32,3]
+
+
+@keras.saving.register_keras_serializable(PACKAGE)
+class MAE(MaskedModel):
+    """Encoder on visible tokens only, then a light decoder over all 64 positions.
+
+    Every mask in a batch hides the same number of patches, so the visible tokens form a dense
+    [B,V,D] tensor: sort each row's patches visible-first, keep the first V, and undo the sort
+    (with a mask token in the hidden slots) before the decoder."""
+
+    DEFAULTS = dict(dim=128, depth=4, heads=4, mlp_dim=256, decoder_dim=128, decoder_depth=2, decoder_mlp_dim=256, dropout=0.0)
+
+    def __init__(self, name=None, **hparams):
+        super().__init__(name=name or "mae")
+        self.hparams = {**self.DEFAULTS, **hparams}
+        h = self.hparams
+        self.embed = keras.layers.Dense(h["dim"], name="patch_embed")
+        self.pos = keras.layers.Embedding(N_PATCHES, h["dim"], name="pos_embed")
+        self.blocks = [Block(h["dim"], h["heads"], h["mlp_dim"], h["dropout"], name=f"block{i}") for i in range(h["depth"])]
+        self.norm = keras.layers.LayerNormalization(epsilon=1e-6, name="norm")
+        dd = h["decoder_dim"]
+        self.decoder_embed = keras.layers.Dense(dd, name="decoder_embed")
+        self.mask_token = keras.layers.Embedding(1, dd, name="mask_token")
+        self.decoder_pos = keras.layers.Embedding(N_PATCHES, dd, name="decoder_pos_embed")
+        self.decoder_blocks = [
+            Block(dd, h["heads"], h["decoder_mlp_dim"], h["dropout"], name=f"decoder_block{i}") for i in range(h["decoder_depth"])
+        ]
+        self.decoder_norm = keras.layers.LayerNormalization(epsilon=1e-6, name="decoder_norm")
+        self.head = keras.layers.Dense(PATCH_DIM, activation="sigmoid", dtype="float32", name="head")
+
+    def call(self, inputs, training=False):
+        images, mask = inputs
+        tokens = self.embed(patchify(images)) + self.pos(self._positions())  # [B,64,D]
+        visible, restore = self.keep_visible(tokens, tf.cast(mask, tf.bool))  # [B,V,D], [B,64]
+        return unpatchify(self.decode(self.encode(visible, training), restore, training))
+
+    @staticmethod
+    def keep_visible(tokens, mask):
+        order = tf.argsort(tf.cast(mask, tf.int32), axis=1, stable=True)  # visible first [B,64]
+        n_visible = N_PATCHES - tf.reduce_sum(tf.cast(mask[0], tf.int32))
+        return tf.gather(tokens, order[:, :n_visible], batch_dims=1), tf.argsort(order, axis=1)
+
+    def encode(self, h, training):
+        for block in self.blocks:
+            h = block(h, training=training)
+        return self.norm(h)  # [B,V,D]
+
+    def decode(self, h, restore, training):
+        d = self.decoder_embed(h)  # [B,V,Dd]
+        shape = tf.shape(d)
+        fill = tf.broadcast_to(self.mask_token(tf.zeros([1, 1], tf.int32)), [shape[0], N_PATCHES - shape[1], shape[2]])
+        d = tf.concat([d, tf.cast(fill, d.dtype)], axis=1)  # visible, then hidden: sorted order
+        d = tf.gather(d, restore, batch_dims=1) + self.decoder_pos(self._positions())  # grid order [B,64,Dd]
+        for block in self.decoder_blocks:
+            d = block(d, training=training)
+        return self.head(self.decoder_norm(d))  # [B,64,48]
+
+
+MODELS = {"seed": SeedViT, "mae": MAE}
+
+
+def build(name: str, **hparams) -> MaskedModel:
+    if name not in MODELS:
+        raise MaskvitError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+    model = MODELS[name](**hparams)
+    model((tf.zeros([1, 32, 32, 3]), tf.zeros([1, N_PATCHES], tf.bool)))  # create the weights
+    return model
+
+
+def load(path) -> MaskedModel:
+    """Load a maskvit model file with Keras safe_mode on: no code from the file runs."""
+    path = Path(path)
+    if not path.is_file():
+        raise MaskvitError(f"{path}: no such model file")
+    if not zipfile.is_zipfile(path):
+        raise MaskvitError(f"{path}: not a Keras model file (truncated or another format)")
+    try:
+        model = keras.saving.load_model(path, safe_mode=True, compile=False)
+    except Exception as e:
+        raise MaskvitError(f"{path}: cannot load this model ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    if not isinstance(model, MaskedModel):
+        raise MaskvitError(f"{path}: a Keras model, but not a maskvit one (it is a {type(model).__name__})")
+    return model

@@ -1,0 +1,60 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from maskvit import masking
+from maskvit.errors import MaskvitError
+
+
+def test_patchify_matches_extract_patches_and_inverts():
+    images = tf.random.uniform([3, 32, 32, 3], seed=1)
+    patches = masking.patchify(images)
+    reference = tf.reshape(tf.image.extract_patches(images, [1, 4, 4, 1], [1, 4, 4, 1], [1, 1, 1, 1], "VALID"), [3, 64, 48])
+    np.testing.assert_array_equal(patches.numpy(), reference.numpy())
+    np.testing.assert_array_equal(masking.unpatchify(patches).numpy(), images.numpy())
+
+
+@pytest.mark.parametrize("ratio, hidden", [(0.5, 32), (0.3, 19), (0.7, 45), (0.001, 1), (0.999, 63)])
+def test_random_hides_exact_count(ratio, hidden):
+    masks = masking.make_masks("random", ratio, 200, [0, 1]).numpy()
+    assert (masks.sum(axis=1) == hidden).all()
+    assert masking.effective_ratio("random", ratio) == hidden / 64
+    assert masks.mean(axis=0).min() > 0.1 or hidden < 10  # every position gets hidden sometimes
+
+
+@pytest.mark.parametrize("strategy", ["row", "column"])
+@pytest.mark.parametrize("ratio, lines", [(0.5, 4), (0.3, 2), (0.7, 6), (0.01, 1), (0.99, 7)])
+def test_row_and_column_hide_whole_lines(strategy, ratio, lines):
+    masks = masking.make_masks(strategy, ratio, 100, [5, 6]).numpy().reshape(100, 8, 8)
+    line_axis = 2 if strategy == "row" else 1  # a hidden row is hidden across all its columns
+    full = masks.all(axis=line_axis)
+    assert (full.sum(axis=1) == lines).all()
+    assert (masks.any(axis=line_axis) == full).all()
+    assert masking.effective_ratio(strategy, ratio) == lines / 8
+
+
+def test_masks_are_seeded():
+    a = masking.make_masks("random", 0.5, 10, [1, 2]).numpy()
+    np.testing.assert_array_equal(a, masking.make_masks("random", 0.5, 10, [1, 2]).numpy())
+    assert not np.array_equal(a, masking.make_masks("random", 0.5, 10, [1, 3]).numpy())
+
+
+@pytest.mark.parametrize("strategy, ratio, message", [
+    ("diagonal", 0.5, "unknown mask strategy 'diagonal'"),
+    ("random", 1.5, "strictly between 0 and 1"),
+    ("random", 0.0, "strictly between 0 and 1"),
+    ("random", 1.0, "strictly between 0 and 1"),
+    ("row", -0.2, "strictly between 0 and 1"),
+    ("row", float("nan"), "strictly between 0 and 1"),
+])
+def test_bad_strategy_or_ratio(strategy, ratio, message):
+    with pytest.raises(MaskvitError, match=message):
+        masking.make_masks(strategy, ratio, 2, [0, 0])
+
+
+def test_composite_keeps_visible_pixels():
+    images, predicted = tf.zeros([2, 32, 32, 3]), tf.ones([2, 32, 32, 3])
+    mask = masking.make_masks("random", 0.25, 2, [0, 0])
+    out = masking.patchify(masking.composite(images, predicted, mask)).numpy()
+    np.testing.assert_array_equal(out.max(axis=2) == 1, mask.numpy())
+    assert (out.min(axis=2) == out.max(axis=2)).all()  # each patch wholly original or predicted

@@ -1,0 +1,71 @@
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from maskvit import masking, models
+from maskvit.errors import MaskvitError
+
+
+@pytest.fixture(scope="module", params=["seed", "mae"])
+def model(request):
+    keras.utils.set_random_seed(0)
+    return models.build(request.param)
+
+
+def batch(n=4, seed=0):
+    return tf.random.stateless_uniform([n, 32, 32, 3], seed=[seed, 0]), masking.make_masks("random", 0.5, n, [seed, 1])
+
+
+def test_output_is_an_image_in_unit_range(model):
+    images, mask = batch()
+    out = model((images, mask)).numpy()
+    assert out.shape == (4, 32, 32, 3) and out.min() >= 0 and out.max() <= 1
+
+
+@pytest.mark.parametrize("strategy", ["random", "row", "column"])
+def test_hidden_pixels_do_not_leak(model, strategy):
+    """The model's output must not depend on the pixels it is asked to reconstruct."""
+    images, _ = batch()
+    mask = masking.make_masks(strategy, 0.4, 4, [2, 2])
+    noise = tf.random.stateless_uniform(images.shape, seed=[9, 9])
+    tampered = masking.composite(images, noise, mask)  # only hidden pixels changed
+    np.testing.assert_allclose(model((images, mask)).numpy(), model((tampered, mask)).numpy(), atol=1e-6)
+
+
+def test_seed_architecture_is_the_reference():
+    m = models.build("seed")
+    assert m.count_params() == 550_832  # 48->128 embed, 64x128 positions, 4 blocks, LN, 128->48
+    assert [type(layer).__name__ for layer in m.blocks[0]._layers if hasattr(layer, "name")][:3] == ["LayerNormalization", "MultiHeadAttention", "LayerNormalization"]
+    assert m.blocks[0].attn._num_heads == 4 and m.blocks[0].attn._key_dim == 32 and m.blocks[0].dropout == 0.1
+
+
+def test_masked_mse_counts_hidden_pixels_only():
+    images, mask = batch(2)
+    predicted = masking.composite(images, images + 0.5, mask)  # error 0.5 on hidden pixels only
+    assert float(models.masked_mse(images, predicted, mask)) == pytest.approx(0.25, rel=1e-5)
+
+
+def test_save_load_round_trip(model, tmp_path):
+    path = tmp_path / "m.keras"
+    model.save(path)
+    images, mask = batch()
+    np.testing.assert_array_equal(model((images, mask)).numpy(), models.load(path)((images, mask)).numpy())
+
+
+def test_load_refuses_bad_files(tmp_path):
+    with pytest.raises(MaskvitError, match="no such model file"):
+        models.load(tmp_path / "missing.keras")
+    (tmp_path / "text.keras").write_text("hello")
+    with pytest.raises(MaskvitError, match="not a Keras model file"):
+        models.load(tmp_path / "text.keras")
+    foreign = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    foreign.save(tmp_path / "foreign.keras")
+    with pytest.raises(MaskvitError, match="not a maskvit one"):
+        models.load(tmp_path / "foreign.keras")
+    good = tmp_path / "good.keras"
+    models.build("seed").save(good)
+    truncated = tmp_path / "truncated.keras"
+    truncated.write_bytes(good.read_bytes()[:100_000])
+    with pytest.raises(MaskvitError, match="truncated|cannot load"):
+        models.load(truncated)
