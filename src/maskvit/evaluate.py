@@ -7,7 +7,6 @@ hidden ones. The formulas are skimage's, vectorised over images (tests check equ
 from __future__ import annotations
 
 import numpy as np
-import tensorflow as tf
 from scipy import ndimage, stats
 
 from . import data, masking
@@ -66,8 +65,7 @@ def summarize(values: np.ndarray) -> dict:
 
 def reconstruct(model, images_u8: np.ndarray, masks: np.ndarray, batch_size: int = 500) -> np.ndarray:
     """Composite reconstructions [N,32,32,3] float32: visible patches original, hidden predicted."""
-    predict = tf.function(lambda x, m: masking.composite(x, model((x, m), training=False), m))
-    out = [predict(x, m).numpy() for (x, m), _ in data.eval_pipeline(images_u8, masks, batch_size)]
+    out = [model.reconstruct(x, m).numpy() for (x, m), _ in data.eval_pipeline(images_u8, masks, batch_size)]
     return np.concatenate(out)
 
 

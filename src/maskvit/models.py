@@ -16,9 +16,12 @@ import keras
 import tensorflow as tf
 
 from .errors import MaskvitError
-from .masking import N_PATCHES, PATCH_DIM, patchify, pixel_mask, unpatchify
+from .masking import IMAGE, N_PATCHES, PATCH_DIM, composite, patchify, pixel_mask, unpatchify
 
 PACKAGE = "maskvit"
+# The shipped model: saved_models/ holds the file, the package a link to it, so both a checkout
+# and an installed wheel find it.
+DEFAULT_MODEL = Path(__file__).parent / "assets" / "default.keras"
 
 
 def masked_mse(images, predicted, mask):
@@ -58,6 +61,11 @@ class MaskedModel(keras.Model):
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         return masked_mse(y, y_pred, x[1])
+
+    @tf.function(input_signature=[tf.TensorSpec([None, IMAGE, IMAGE, 3], tf.float32), tf.TensorSpec([None, N_PATCHES], tf.bool)])
+    def reconstruct(self, images, mask):
+        """Inference: the composite of visible original patches and predicted hidden ones."""
+        return composite(images, self((images, mask), training=False), mask)
 
     def get_config(self):
         return {**super().get_config(), **self.hparams}
@@ -165,9 +173,10 @@ def build(name: str, **hparams) -> MaskedModel:
     return model
 
 
-def load(path) -> MaskedModel:
-    """Load a maskvit model file with Keras safe_mode on: no code from the file runs."""
-    path = Path(path)
+def load(path=None) -> MaskedModel:
+    """Load a maskvit model file (default: the shipped one) with Keras safe_mode on: no code
+    from the file runs."""
+    path = Path(path) if path else DEFAULT_MODEL
     if not path.is_file():
         raise MaskvitError(f"{path}: no such model file")
     if not zipfile.is_zipfile(path):

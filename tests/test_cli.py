@@ -1,0 +1,92 @@
+"""The real `maskvit` entry point, run in-process: results, exit codes and one-line errors."""
+
+import json
+import sys
+
+import pytest
+
+from maskvit import cli, models
+
+
+def run(monkeypatch, capsys, *args):
+    monkeypatch.setattr(sys, "argv", ["maskvit", *map(str, args)])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    out, err = capsys.readouterr()
+    return exit_info.value.code, out, err
+
+
+def test_train_then_evaluate(fake_archive, tmp_path, monkeypatch, capsys):
+    out_dir = tmp_path / "models"
+    code, out, err = run(monkeypatch, capsys, "train", "--mask", "row", "--ratio", "0.5", "--epochs", "2", "--batch-size", "32",
+                         "--val-size", "40", "--data", fake_archive, "--output", out_dir)
+    assert code == 0, err
+    assert "epoch 2/2" in out and "val_loss" in out
+    record = json.loads((out_dir / "seed_row50_run.json").read_text())
+    assert record["config"]["mask"] == "row" and record["n_train"] == 160 and record["n_val"] == 40
+    assert len(record["history"]["val_loss"]) == 2 and record["best"]["epoch"] in (1, 2)
+    assert record["history"]["val_loss"][record["best"]["epoch"] - 1] == min(record["history"]["val_loss"])
+    for kind in ("best", "final"):
+        assert isinstance(models.load(out_dir / f"seed_row50_{kind}.keras"), models.SeedViT)
+    assert not list(out_dir.glob(".*tmp*"))  # no temporary files left behind
+
+    result_path = tmp_path / "result.json"
+    code, out, err = run(monkeypatch, capsys, "evaluate", out_dir / "seed_row50_best.keras", "--mask", "column", "--ratio", "0.3",
+                         "--data", fake_archive, "--json", result_path, "--limit", "30")
+    assert code == 0, err
+    result = json.loads(result_path.read_text())
+    assert result["strategy"] == "column" and result["effective_ratio"] == 0.25 and result["n_images"] == 30
+    for metric in ("mse", "psnr", "ssim", "masked_mse", "masked_psnr"):
+        low, high = result[metric]["ci95"]
+        assert low <= result[metric]["mean"] <= high
+    assert "PSNR" in out
+
+
+def test_evaluate_on_embedded_sample(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "m.keras"
+    models.build("mae").save(path)
+    code, out, err = run(monkeypatch, capsys, "evaluate", path, "--data", "sample", "--limit", "16")
+    assert code == 0, err
+    assert "random" in out and "16" in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--ratio", "1.5"], "strictly between 0 and 1"),
+    (["train", "--ratio", "0"], "strictly between 0 and 1"),
+    (["train", "--ratio", "1"], "strictly between 0 and 1"),
+    (["train", "--ratio", "-0.2"], "strictly between 0 and 1"),
+    (["train", "--ratio", "nan"], "strictly between 0 and 1"),
+    (["train", "--ratio", "abc"], "Invalid value for '--ratio'"),
+    (["train", "--mask", "diagonal"], "unknown mask strategy 'diagonal'"),
+    (["train", "--model", "resnet"], "unknown model 'resnet'"),
+    (["train", "--epochs", "0"], "--epochs must be at least 1"),
+    (["train", "--epochs", "-1"], "--epochs must be at least 1"),
+    (["train", "--batch-size", "0"], "--batch-size must be at least 1"),
+    (["train", "--recipe", "magic"], "unknown recipe"),
+    (["train", "--data", "/nonexistent/cifar.tar.gz"], "no such file or folder"),
+    (["evaluate", "/nonexistent/model.keras"], "no such model file"),
+    (["evaluate", "MODEL_TEXT"], "not a Keras model file"),
+    (["evaluate", "MODEL_TEXT", "--mask", "zigzag"], "unknown mask strategy"),
+    (["frobnicate"], "No such command"),
+])
+def test_bad_input_is_one_line_and_nonzero(args, message, tmp_path, monkeypatch, capsys):
+    text_model = tmp_path / "model.keras"
+    text_model.write_text("not a model")
+    args = [str(text_model) if a == "MODEL_TEXT" else a for a in args]
+    code, out, err = run(monkeypatch, capsys, *args)
+    assert code != 0
+    assert message in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert err.startswith("error: ")
+
+
+@pytest.mark.parametrize("damage", ["corrupt", "output-is-file"])
+def test_bad_files_leave_nothing_behind(damage, fake_archive, tmp_path, monkeypatch, capsys):
+    output = tmp_path / "out"
+    if damage == "corrupt":
+        fake_archive.write_bytes(fake_archive.read_bytes()[:300])
+    else:
+        output.write_text("precious")
+    code, out, err = run(monkeypatch, capsys, "train", "--epochs", "1", "--data", fake_archive, "--output", output, "--val-size", "40")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert ("corrupt or truncated" in err) if damage == "corrupt" else ("is a file" in err and output.read_text() == "precious")

@@ -1,0 +1,112 @@
+import json
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+from skimage.metrics import structural_similarity
+
+from maskvit import cli, images, masking, models
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("m") / "tiny.keras"
+    models.build("mae", depth=1, decoder_depth=1).save(path)
+    return path
+
+
+def photo(h=45, w=70):
+    y, x = np.mgrid[0:h, 0:w]
+    return np.stack([x * 255 // w, y * 255 // h, (x + y) % 256], axis=-1).astype(np.uint8)
+
+
+@pytest.mark.parametrize("mode, suffix", [("RGB", ".png"), ("L", ".jpg"), ("RGBA", ".webp"), ("P", ".gif"), ("RGB", ".bmp"), ("I;16", ".png")])
+def test_reads_any_mode_as_rgb(tmp_path, mode, suffix):
+    rgb = photo()
+    if mode == "I;16":
+        img = Image.fromarray(rgb[..., 0].astype(np.uint16) * 257)  # 16-bit grey, full range
+    else:
+        img = Image.fromarray(rgb).convert(mode)
+    path = tmp_path / f"pic{suffix}"
+    img.save(path)
+    out = images.read_rgb(path)
+    assert out.shape == (45, 70, 3) and out.dtype == np.uint8
+    if mode == "I;16":
+        np.testing.assert_array_equal(out[..., 0], rgb[..., 0])  # scaled, not clipped to 255/65535
+
+
+def test_tiles_round_trip_and_ssim_matches_skimage():
+    rgb = photo(101, 67)
+    tiles, grid = images.to_tiles(rgb)
+    assert grid == (4, 3) and tiles.shape == (12, 32, 32, 3)
+    np.testing.assert_array_equal(images.from_tiles(tiles, grid, rgb.shape), rgb)
+    other = np.roll(rgb, 3, axis=1)
+    expected = structural_similarity(rgb / 255.0, other / 255.0, win_size=7, channel_axis=-1, data_range=1.0)
+    assert images.ssim_large(rgb, other, strip=16) == pytest.approx(expected, abs=1e-12)
+
+
+def test_reconstruction_keeps_visible_pixels_and_size(model_file):
+    rgb = photo(50, 77)
+    masked, recon = images.reconstruct_image(models.load(model_file), rgb, "row", 0.5, seed=0, batch_size=2)
+    assert recon.shape == rgb.shape and masked.shape == rgb.shape
+    visible = masked != 128  # hidden patches are shown grey in the masked view
+    assert (recon[visible] == rgb[visible]).mean() > 0.99
+
+
+def run(monkeypatch, capsys, *args):
+    monkeypatch.setattr(sys, "argv", ["maskvit", *map(str, args)])
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    out, err = capsys.readouterr()
+    return e.value.code, out, err
+
+
+def make_bad(tmp_path, kind):
+    path = tmp_path / f"{kind}.png"
+    if kind == "missing":
+        return path
+    if kind == "directory":
+        path.mkdir()
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "text":
+        path.write_text("this is not an image")
+    elif kind == "truncated":
+        Image.fromarray(photo(200, 200)).save(path)
+        path.write_bytes(path.read_bytes()[:300])
+    elif kind == "tiny":
+        Image.fromarray(photo(3, 3)).save(path)
+    return path
+
+
+@pytest.mark.parametrize("kind, message", [("missing", "no such file"), ("directory", "is a folder"), ("empty", "empty file"),
+                                           ("text", "not an image"), ("truncated", "truncated"), ("tiny", "smaller than one 4x4 patch")])
+def test_bad_image_is_reported_and_good_ones_still_processed(kind, message, tmp_path, model_file, monkeypatch, capsys):
+    good = tmp_path / "good.jpg"
+    Image.fromarray(photo()).save(good)
+    bad = make_bad(tmp_path, kind)
+    out_dir = tmp_path / "out"
+    code, out, err = run(monkeypatch, capsys, "reconstruct", bad, good, "--model", model_file, "--output", out_dir,
+                         "--json", tmp_path / "r.json", "--mask", "column")
+    assert code == 2 and message in err and "Traceback" not in err
+    assert all(line.startswith("error: ") for line in err.strip().splitlines())
+    assert (out_dir / "good_column50_panel.png").exists() and (out_dir / "good_column50_reconstructed.png").exists()
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert [r["image"] for r in result["images"]] == [str(good)] and result["failed"] == [str(bad)]
+    panel = np.asarray(Image.open(out_dir / "good_column50_panel.png"))
+    assert panel.shape[0] == 45 and panel.shape[1] > 3 * 70
+
+
+def test_reconstruct_rejects_other_architectures(tmp_path, monkeypatch, capsys):
+    import keras
+
+    foreign = tmp_path / "foreign.keras"
+    keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Conv2D(3, 3, padding="same")]).save(foreign)
+    code, out, err = run(monkeypatch, capsys, "reconstruct", "x.png", "--model", foreign)
+    assert code == 2 and "not a maskvit one" in err
+
+
+def test_masks_differ_per_tile_but_are_seeded():
+    a = masking.make_masks("random", 0.5, 4, [7, 0]).numpy()
+    assert len({row.tobytes() for row in a}) == 4
