@@ -93,14 +93,17 @@ def train(
     data: Optional[str] = DataOpt,
     output: Path = typer.Option(Path("saved_models"), "--output", help="Folder for the best/final models and the run JSON."),
     name: Optional[str] = typer.Option(None, "--name", help="File prefix (default <model>_<mask><ratio%>)."),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue an interrupted run of the same settings in --output (default), or start over."),
 ):
     """Train a model; writes <prefix>_best.keras, <prefix>_final.keras and <prefix>_run.json."""
     from .train import TrainConfig, train as run
 
     config = TrainConfig(model=model, mask=mask, ratio=ratio, epochs=epochs, batch_size=batch_size, recipe=recipe,
-                         val_size=val_size, limit=limit, seed=seed, data=data, output=str(output), name=name)
+                         val_size=val_size, limit=limit, seed=seed, data=data, output=str(output), name=name, resume=resume)
     config.check()
     record = run(config, progress=_progress_callback())
+    if record.get("resumed_at_epochs"):
+        console.print(f"resumed an interrupted run after epoch {record['resumed_at_epochs'][-1]}")
     console.print(f"best model (epoch {record['best']['epoch']}, val_loss {record['best']['val_loss']:.5f}): {record['best']['path']}")
     console.print(f"final model: {record['final']}   {record['train_images_per_second']:.0f} training images/s")
 

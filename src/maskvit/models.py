@@ -173,16 +173,16 @@ def build(name: str, **hparams) -> MaskedModel:
     return model
 
 
-def load(path=None) -> MaskedModel:
+def load(path=None, compile: bool = False) -> MaskedModel:
     """Load a maskvit model file (default: the shipped one) with Keras safe_mode on: no code
-    from the file runs."""
+    from the file runs. compile=True also restores the optimizer state (to resume training)."""
     path = Path(path) if path else DEFAULT_MODEL
     if not path.is_file():
         raise MaskvitError(f"{path}: no such model file")
     if not zipfile.is_zipfile(path):
         raise MaskvitError(f"{path}: not a Keras model file (truncated or another format)")
     try:
-        model = keras.saving.load_model(path, safe_mode=True, compile=False)
+        model = keras.saving.load_model(path, safe_mode=True, compile=compile)
     except Exception as e:
         raise MaskvitError(f"{path}: cannot load this model ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
     if not isinstance(model, MaskedModel):

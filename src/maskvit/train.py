@@ -3,7 +3,9 @@ and final models atomically. The trainer knows nothing about a model beyond the 
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import platform
 import time
 from dataclasses import asdict, dataclass
@@ -11,6 +13,7 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from . import data, masking, models
 from .errors import MaskvitError
@@ -37,6 +40,7 @@ class TrainConfig:
     data: str | None = None  # archive or folder; None: $MASKVIT_DATA, else download
     output: str = "saved_models"
     name: str | None = None  # file prefix; default <model>_<mask><ratio%>
+    resume: bool = True  # continue an interrupted run of the same config in the same folder
 
     def check(self) -> None:
         masking.check(self.mask, self.ratio)
@@ -79,22 +83,57 @@ def current_lr(optimizer) -> float:
     return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
 
 
-class Checkpoints(keras.callbacks.Callback):
-    """Keeps the run's history and writes best/final models and the run JSON, all atomically."""
+def _seed_generators(model) -> list:
+    return [g for layer in model._flatten_layers() for g in getattr(layer, "_seed_generators", [])]
 
-    def __init__(self, folder: Path, prefix: str, record: dict, images_per_epoch: int):
+
+def rng_state(model) -> list:
+    """Dropout's random-stream positions. Keras keeps them out of .keras files, yet a resumed
+    run needs them to drop the same units as an uninterrupted one."""
+    return [g.state.numpy().tolist() for g in _seed_generators(model)]
+
+
+def set_rng_state(model, states: list) -> None:
+    for generator, state in zip(_seed_generators(model), states, strict=True):
+        generator.state.assign(state)
+
+
+class Plateau(keras.callbacks.ReduceLROnPlateau):
+    """ReduceLROnPlateau whose counters survive a resume (Keras resets them at train start)."""
+
+    def __init__(self, restored: dict | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.restored = restored
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        for key, value in (self.restored or {}).items():
+            setattr(self, key, value)
+
+    def state(self) -> dict:
+        return {"wait": self.wait, "best": float(self.best), "cooldown_counter": self.cooldown_counter}
+
+
+class Checkpoints(keras.callbacks.Callback):
+    """Keeps the run's history and writes, all atomically: the best and final models, the run
+    JSON, and after every epoch a resume checkpoint (model + optimizer state) with the JSON
+    naming it, so a run killed at any moment can continue exactly where its last epoch ended."""
+
+    def __init__(self, folder: Path, prefix: str, record: dict, images_per_epoch: int, plateau: Plateau | None):
         super().__init__()
+        self.folder, self.prefix = folder, prefix
         self.best_path = folder / f"{prefix}_best.keras"
         self.final_path = folder / f"{prefix}_final.keras"
         self.json_path = folder / f"{prefix}_run.json"
         self.record = record
         self.images_per_epoch = images_per_epoch
-        self.history = {"loss": [], "val_loss": [], "lr": [], "seconds": [], "train_seconds": []}
-        self.best = math.inf
+        self.plateau = plateau
+        self.history = record.pop("history", None) or {k: [] for k in ("loss", "val_loss", "lr", "seconds", "train_seconds")}
+        self.best = record.get("best", {}).get("val_loss", math.inf)
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.t0 = time.perf_counter()
-        self.t_validation = None
+        self.t0, self.t_validation = time.perf_counter(), None
+        self.lr = current_lr(self.model.optimizer)  # the rate this epoch trains with
 
     def on_test_begin(self, logs=None):  # validation starts: the training part of the epoch is over
         self.t_validation = time.perf_counter()
@@ -102,27 +141,41 @@ class Checkpoints(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         now = time.perf_counter()
         seconds, train_seconds = now - self.t0, (self.t_validation or now) - self.t0
-        lr = current_lr(self.model.optimizer)
-        for key, value in (("loss", logs["loss"]), ("val_loss", logs["val_loss"]), ("lr", lr), ("seconds", seconds), ("train_seconds", train_seconds)):
+        for key, value in (("loss", logs["loss"]), ("val_loss", logs["val_loss"]), ("lr", self.lr), ("seconds", seconds), ("train_seconds", train_seconds)):
             self.history[key].append(float(value))
         if not (math.isfinite(logs["loss"]) and math.isfinite(logs["val_loss"])):
             self.model.stop_training = True
             self.record["stopped"] = f"non-finite loss at epoch {epoch + 1}"
-        elif logs["val_loss"] < self.best:
+            self.write_record()
+            return
+        if logs["val_loss"] < self.best:
             self.best = logs["val_loss"]
             self.save(self.best_path)
             self.record["best"] = {"epoch": epoch + 1, "val_loss": self.best, "path": str(self.best_path)}
-        self.write_record()
+        resume_path = self.folder / f"{self.prefix}_resume_e{epoch + 1}.keras"
+        self.save(resume_path)
+        self.record["resume"] = {"epoch": epoch + 1, "path": str(resume_path), "rng": rng_state(self.model),
+                                 "plateau": self.plateau.state() if self.plateau else None}
+        self.write_record()  # only now does the run point at the new checkpoint
+        self.remove_old_resume_files(keep=resume_path)
 
     def on_train_end(self, logs=None):
-        if "stopped" not in self.record:
-            self.save(self.final_path)
-            self.record["final"] = str(self.final_path)
+        if "stopped" in self.record:
+            return
+        self.save(self.final_path)
+        self.record["final"] = str(self.final_path)
+        self.record.pop("resume", None)
         self.record["wall_seconds"] = sum(self.history["seconds"])
-        # Throughput of the training steps alone, first epoch (graph tracing) excluded when there are more.
+        # Throughput of the training steps alone; the first epoch (graph tracing) is left out when there are more.
         steady = self.history["train_seconds"][1:] or self.history["train_seconds"]
         self.record["train_images_per_second"] = self.images_per_epoch * len(steady) / max(sum(steady), 1e-9)
         self.write_record()
+        self.remove_old_resume_files(keep=None)
+
+    def remove_old_resume_files(self, keep: Path | None) -> None:
+        for old in self.folder.glob(f"{self.prefix}_resume_e*.keras"):
+            if old != keep:
+                old.unlink(missing_ok=True)
 
     def save(self, path: Path) -> None:
         with atomic_path(path) as tmp:
@@ -140,38 +193,68 @@ class StopOnNonFinite(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+def _same_run(a: dict, b: dict) -> bool:
+    ignore = {"data", "output", "resume"}  # where things live does not change the run
+    return {k: v for k, v in a.items() if k not in ignore} == {k: v for k, v in b.items() if k not in ignore}
+
+
+def unfinished_run(folder: Path, config: TrainConfig) -> dict | None:
+    """The record of an interrupted run of this config in folder, if there is one to resume."""
+    path = folder / f"{config.prefix}_run.json"
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise MaskvitError(f"{path}: unreadable run record ({e}); delete it or pass --no-resume") from None
+    if "resume" not in record or "final" in record or "stopped" in record:
+        return None
+    if not _same_run(record["config"], asdict(config)):
+        raise MaskvitError(f"{folder} holds an unfinished run '{config.prefix}' with other settings; "
+                           "pass --no-resume to start over, or choose another --name or --output")
+    return record
+
+
 def train(config: TrainConfig, progress: keras.callbacks.Callback | None = None) -> dict:
-    """Train one model; returns the run record (also written as <prefix>_run.json)."""
+    """Train one model, continuing an interrupted run of the same config unless config.resume is
+    False; returns the run record (also written as <prefix>_run.json)."""
     config.check()
     folder = ensure_folder(config.output)
+    previous = unfinished_run(folder, config) if config.resume else None
     images, _ = data.load_split("train", config.data)
     train_images, val_images = split(images, config)
     keras.utils.set_random_seed(config.seed)
 
-    ds, steps = data.train_pipeline(train_images, config.batch_size, config.mask, config.ratio, config.seed)
+    start = previous["resume"]["epoch"] if previous else 0
+    ds, steps = data.train_pipeline(train_images, config.batch_size, config.mask, config.ratio, config.seed, start_epoch=start)
     val_masks = data.fixed_masks(config.mask, config.ratio, len(val_images), config.seed, data.VAL_MASK_STREAM)
     val_ds = data.eval_pipeline(val_images, val_masks, 500)
-    model = models.build(config.model)
-    model.compile(optimizer=make_optimizer(config, steps))
-
-    record = {
-        "config": asdict(config),
-        "effective_ratio": masking.effective_ratio(config.mask, config.ratio),
-        "recipe": RECIPES[config.recipe],
-        "n_train": len(train_images),
-        "n_val": len(val_images),
-        "parameters": model.count_params(),
-        "hardware": f"{platform.machine()}, {platform.processor() or 'cpu'}, keras {keras.__version__}",
-    }
-    checkpoints = Checkpoints(folder, config.prefix, record, steps * config.batch_size)
-    callbacks = [StopOnNonFinite(), checkpoints]
+    if previous:
+        model = models.load(previous["resume"]["path"], compile=True)  # weights and optimizer state
+        set_rng_state(model, previous["resume"]["rng"])
+        record = {**previous, "config": asdict(config), "resumed_at_epochs": previous.get("resumed_at_epochs", []) + [start]}
+    else:
+        model = models.build(config.model)
+        model.compile(optimizer=make_optimizer(config, steps))
+        record = {
+            "config": asdict(config),
+            "effective_ratio": masking.effective_ratio(config.mask, config.ratio),
+            "recipe": RECIPES[config.recipe],
+            "n_train": len(train_images),
+            "n_val": len(val_images),
+            "parameters": model.count_params(),
+            "hardware": f"{platform.machine()}, {os.cpu_count()} CPUs, tensorflow {tf.__version__}, keras {keras.__version__}",
+        }
+    plateau = None
     if config.recipe == "seed":
         r = RECIPES["seed"]
-        callbacks.insert(0, keras.callbacks.ReduceLROnPlateau("val_loss", factor=r["plateau_factor"], patience=r["plateau_patience"], min_lr=r["min_lr"], verbose=0))
-    if progress is not None:
-        callbacks.append(progress)
-    model.fit(ds, epochs=config.epochs, steps_per_epoch=steps, validation_data=val_ds, callbacks=callbacks, verbose=0, shuffle=False)
+        plateau = Plateau(previous and previous["resume"]["plateau"], monitor="val_loss", factor=r["plateau_factor"],
+                          patience=r["plateau_patience"], min_lr=r["min_lr"], verbose=0)
+    checkpoints = Checkpoints(folder, config.prefix, record, steps * config.batch_size, plateau)
+    callbacks = [c for c in (plateau, StopOnNonFinite(), checkpoints, progress) if c is not None]
+    model.fit(ds, epochs=config.epochs, initial_epoch=start, steps_per_epoch=steps, validation_data=val_ds,
+              callbacks=callbacks, verbose=0, shuffle=False)
     if "stopped" in record:
         best = record.get("best", {}).get("path", "none yet")
         raise MaskvitError(f"training stopped: {record['stopped']}; the last good model is {best}")
-    return record
+    return {**record, "history": checkpoints.history}

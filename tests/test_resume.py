@@ -1,0 +1,98 @@
+"""Interrupted training resumes exactly; saves are atomic; a non-finite loss keeps the last good model."""
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from maskvit import models, train
+from maskvit.errors import MaskvitError
+from maskvit.files import atomic_path
+
+
+def config(archive, out, **kw):
+    return train.TrainConfig(**{"epochs": 4, "batch_size": 32, "val_size": 40, "data": str(archive), "output": str(out), **kw})
+
+
+def weights(path):
+    return models.load(path).get_weights()
+
+
+def test_killed_run_resumes_to_identical_weights(fake_archive, tmp_path):
+    reference = train.train(config(fake_archive, tmp_path / "ref"))
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "maskvit", "train", "--epochs", "4", "--batch-size", "32", "--val-size", "40",
+           "--data", str(fake_archive), "--output", str(out)]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    record_path = out / "seed_random50_run.json"
+    deadline = time.time() + 300
+    while time.time() < deadline:  # kill it as soon as one epoch is checkpointed
+        if record_path.exists() and json.loads(record_path.read_text()).get("resume", {}).get("epoch", 0) >= 1:
+            break
+        assert proc.poll() is None, proc.stderr.read().decode()
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed = json.loads(record_path.read_text())
+    assert "final" not in killed and 1 <= killed["resume"]["epoch"] < 4
+    assert not (out / "seed_random50_final.keras").exists()
+
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "resumed an interrupted run" in done.stdout
+    record = json.loads(record_path.read_text())
+    assert record["history"]["val_loss"] == reference["history"]["val_loss"]
+    assert record["best"]["epoch"] == reference["best"]["epoch"]
+    for a, b in zip(weights(out / "seed_random50_final.keras"), weights(tmp_path / "ref" / "seed_random50_final.keras")):
+        np.testing.assert_array_equal(a, b)
+    assert not list(out.glob("*resume*")) and not list(out.glob(".*tmp*"))
+
+
+def test_other_settings_do_not_resume_silently(fake_archive, tmp_path):
+    class Interrupt(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 1:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train.train(config(fake_archive, tmp_path), progress=Interrupt())
+    with pytest.raises(MaskvitError, match="unfinished run .* other settings"):
+        train.train(config(fake_archive, tmp_path, epochs=6))
+    record = train.train(config(fake_archive, tmp_path, epochs=2, resume=False))  # --no-resume starts over
+    assert "resumed_at_epochs" not in record and len(record["history"]["loss"]) == 2
+
+
+def test_failed_save_keeps_previous_file(tmp_path):
+    path = tmp_path / "best.keras"
+    models.build("mae", depth=1, decoder_depth=1).save(path)
+    before = path.read_bytes()
+    with pytest.raises(MaskvitError, match="could not write .*previous file"):
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(b"half a model")
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert path.read_bytes() == before and isinstance(models.load(path), models.MAE)
+    assert [p.name for p in tmp_path.iterdir()] == ["best.keras"]
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_model(fake_archive, tmp_path, monkeypatch):
+    original = models.MaskedModel.compute_loss
+
+    def poisoned(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        loss = original(self, x, y, y_pred, sample_weight, training)
+        return tf.where(self.optimizer.iterations >= 7, tf.constant(float("nan")), loss)  # epoch 2 of 5 steps
+
+    monkeypatch.setattr(models.MaskedModel, "compute_loss", poisoned)
+    with pytest.raises(MaskvitError, match="non-finite loss at epoch 2.*seed_random50_best.keras"):
+        train.train(config(fake_archive, tmp_path))
+    record = json.loads((tmp_path / "seed_random50_run.json").read_text())
+    assert record["best"]["epoch"] == 1 and "final" not in record
+    assert all(np.isfinite(w).all() for w in weights(tmp_path / "seed_random50_best.keras"))
