@@ -34,7 +34,7 @@ def test_train_then_evaluate(fake_archive, tmp_path, monkeypatch, capsys):
     code, out, err = run(monkeypatch, capsys, "evaluate", out_dir / "seed_row50_best.keras", "--mask", "column", "--ratio", "0.3",
                          "--data", fake_archive, "--json", result_path, "--limit", "30")
     assert code == 0, err
-    result = json.loads(result_path.read_text())
+    result = json.loads(result_path.read_text())["rows"][0]
     assert result["strategy"] == "column" and result["effective_ratio"] == 0.25 and result["n_images"] == 30
     for metric in ("mse", "psnr", "ssim", "masked_mse", "masked_psnr"):
         low, high = result[metric]["ci95"]

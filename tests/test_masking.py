@@ -58,3 +58,18 @@ def test_composite_keeps_visible_pixels():
     out = masking.patchify(masking.composite(images, predicted, mask)).numpy()
     np.testing.assert_array_equal(out.max(axis=2) == 1, mask.numpy())
     assert (out.min(axis=2) == out.max(axis=2)).all()  # each patch wholly original or predicted
+
+
+def test_mixed_masks_vary_per_call_but_hide_one_count_per_batch():
+    kinds, counts = set(), set()
+    for step in range(40):
+        m = masking.make_masks("mixed", 0.5, 16, [3, step]).numpy()
+        assert len(set(m.sum(axis=1))) == 1  # one count per batch: MAE needs a dense visible set
+        grid = m.reshape(16, 8, 8)
+        kinds.add("row" if (grid.any(2) == grid.all(2)).all() and not grid.all(1).any() else
+                  "column" if (grid.any(1) == grid.all(1)).all() and not grid.all(2).any() else "random")
+        counts.add(int(m.sum(axis=1)[0]))
+    assert kinds == {"random", "row", "column"}
+    assert min(counts) >= 16 and max(counts) <= 48 and len(counts) > 3  # ratios within 0.5 +- 0.25
+    with pytest.raises(MaskvitError, match="score a model with random, row or column"):
+        masking.hidden_count("mixed", 0.5)

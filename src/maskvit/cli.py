@@ -16,6 +16,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is impor
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 import numpy as np
@@ -24,11 +25,11 @@ from .errors import MaskvitError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Masked image reconstruction with Vision Transformers on CIFAR-10.")
-console = Console(width=None if sys.stdout.isatty() else 120)  # logs and pipes get whole table rows
+console = Console(width=None if sys.stdout.isatty() else 130)  # logs and pipes get whole table rows
 err_console = Console(stderr=True)
 
 DATA_HELP = "CIFAR-10 python archive (.tar.gz) or its extracted folder; 'sample' for the embedded test images. Default: $MASKVIT_DATA, else download."
-MaskOpt = typer.Option("random", "--mask", help="Masking strategy: random, row or column.")
+MaskOpt = typer.Option("random", "--mask", help="Masking strategy: random, row, column, or (training) mixed: one of the three per batch at ratio +-0.25.")
 RatioOpt = typer.Option(0.5, "--ratio", help="Fraction of patches hidden, strictly between 0 and 1.")
 DataOpt = typer.Option(None, "--data", help=DATA_HELP)
 SeedOpt = typer.Option(0, "--seed", help="Seed for masks, shuffling and initialisation.")
@@ -67,15 +68,36 @@ def _progress_callback():
 
 
 def _metrics_table(title: str, rows: list[dict]) -> Table:
-    table = Table(title=title)
-    table.title += f" ({rows[0]['n_images']} images)"
-    for col in ("strategy", "ratio (eff.)", "MSE", "PSNR dB", "SSIM", "masked MSE", "masked PSNR"):
-        table.add_column(col, justify="right", no_wrap=True)
+    """One row per method and cell; within a cell the best value of each column is bold green."""
+    table = Table(title=f"{title} ({rows[0]['n_images']} images)")
+    several = len({r["method"] for r in rows}) > 1
+    diffs = any("vs_best_baseline" in r for r in rows)
+    cols = (["method"] if several else []) + ["mask", "MSE", "PSNR dB", "SSIM", "masked MSE", "masked PSNR"]
+    for col in cols + (["ΔPSNR vs best baseline"] if diffs else []):
+        table.add_column(col, justify="left" if col == "method" else "right", no_wrap=True)
+    best = {}
     for r in rows:
-        ci = lambda m, f: f"{r[m]['mean']:{f}} ±{(r[m]['ci95'][1] - r[m]['ci95'][0]) / 2:{f}}"  # noqa: E731
-        table.add_row(r["strategy"], f"{r['ratio']:.2f} ({r['effective_ratio']:.3f})", f"{r['mse']['mean']:.5f}",
-                      ci("psnr", ".2f"), ci("ssim", ".4f"), f"{r['masked_mse']['mean']:.5f}", ci("masked_psnr", ".2f"))
-    table.caption = "mean ± half-width of the 95% confidence interval over images; composite images, masked = hidden pixels only"
+        key = (r["strategy"], r["ratio"])
+        for m, higher in (("mse", False), ("psnr", True), ("ssim", True), ("masked_mse", False), ("masked_psnr", True)):
+            value = r[m]["mean"] if higher else -r[m]["mean"]
+            best[key, m] = max(best.get((key, m), -np.inf), value)
+    for r in rows:
+        key = (r["strategy"], r["ratio"])
+
+        def fmt(m, f, ci=True):
+            text = f"{r[m]['mean']:{f}}" + (f" ±{(r[m]['ci95'][1] - r[m]['ci95'][0]) / 2:{f}}" if ci else "")
+            top = best[key, m] == (r[m]["mean"] if "mse" not in m else -r[m]["mean"])
+            return f"[bold green]{text}[/]" if several and top else text
+
+        eff = f" ({r['effective_ratio']:.3f})" if abs(r["effective_ratio"] - r["ratio"]) > 1e-9 else ""
+        cells = ([escape(r["method"])] if several else []) + [f"{r['strategy']} {r['ratio']:.2f}{eff}",
+                 fmt("mse", ".5f", False), fmt("psnr", ".2f"), fmt("ssim", ".4f"), fmt("masked_mse", ".5f", False), fmt("masked_psnr", ".2f")]
+        if diffs:
+            d = r.get("vs_best_baseline")
+            cells.append(f"{d['psnr']['mean']:+.2f} [{d['psnr']['ci95'][0]:+.2f}, {d['psnr']['ci95'][1]:+.2f}] {d['baseline']}" if d else "")
+        table.add_row(*cells)
+    table.caption = ("mean ± half-width of the 95% confidence interval over images; composite images; masked = hidden pixels only"
+                     + ("; Δ: paired difference, [95% CI]" if diffs else ""))
     return table
 
 
@@ -93,13 +115,14 @@ def train(
     data: Optional[str] = DataOpt,
     output: Path = typer.Option(Path("saved_models"), "--output", help="Folder for the best/final models and the run JSON."),
     name: Optional[str] = typer.Option(None, "--name", help="File prefix (default <model>_<mask><ratio%>)."),
+    precision: str = typer.Option("float32", "--precision", help="float32, or bfloat16 (mixed precision: faster on CPUs with bf16 units)."),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue an interrupted run of the same settings in --output (default), or start over."),
 ):
     """Train a model; writes <prefix>_best.keras, <prefix>_final.keras and <prefix>_run.json."""
     from .train import TrainConfig, train as run
 
     config = TrainConfig(model=model, mask=mask, ratio=ratio, epochs=epochs, batch_size=batch_size, recipe=recipe,
-                         val_size=val_size, limit=limit, seed=seed, data=data, output=str(output), name=name, resume=resume)
+                         val_size=val_size, limit=limit, seed=seed, data=data, output=str(output), name=name, resume=resume, precision=precision)
     config.check()
     record = run(config, progress=_progress_callback())
     if record.get("resumed_at_epochs"):
@@ -108,32 +131,208 @@ def train(
     console.print(f"final model: {record['final']}   {record['train_images_per_second']:.0f} training images/s")
 
 
+GridOpt = typer.Option(False, "--grid", help="Every strategy x ratio in --strategies and --ratios instead of one --mask/--ratio.")
+StrategiesOpt = typer.Option("random,row,column", "--strategies", help="Comma-separated strategies for --grid.")
+RatiosOpt = typer.Option("0.3,0.5,0.7", "--ratios", help="Comma-separated ratios for --grid.")
+LimitOpt = typer.Option(None, "--limit", help="Score the first N test images only.")
+
+
+def _cells(grid: bool, mask: str, ratio: float, strategies: str, ratios: str) -> tuple[list[str], list[float]]:
+    from . import masking
+    from .evaluate import parse_list
+
+    cells = (parse_list(strategies, str), parse_list(ratios)) if grid else ([mask], [ratio])
+    for s in cells[0]:
+        for r in cells[1]:
+            masking.check(s, r)
+    return cells
+
+
+def _test_images(data: Optional[str], limit: Optional[int]):
+    from . import data as data_mod
+
+    if limit is not None and limit < 1:
+        raise MaskvitError(f"--limit must be at least 1, got {limit}")
+    return data_mod.load_split("test", data)[0][:limit]
+
+
+def _run_grid(methods: dict, images, strategies, ratios, seed) -> list[dict]:
+    from rich.progress import Progress
+
+    from .evaluate import grid
+
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task(f"scoring {len(methods)} method(s) on {len(images)} images", total=len(strategies) * len(ratios))
+        return grid(methods, images, strategies, ratios, seed, on_cell=lambda s, r: bar.advance(task))
+
+
 @app.command()
 def evaluate(
     model_path: Path = typer.Argument(..., metavar="MODEL", help="A .keras file written by maskvit train."),
     mask: str = MaskOpt,
     ratio: float = RatioOpt,
-    limit: Optional[int] = typer.Option(None, "--limit", help="Score the first N test images only."),
+    grid: bool = GridOpt,
+    strategies: str = StrategiesOpt,
+    ratios: str = RatiosOpt,
+    limit: Optional[int] = LimitOpt,
     seed: int = SeedOpt,
     data: Optional[str] = DataOpt,
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the results to this JSON file."),
+    csv_path: Optional[Path] = typer.Option(None, "--csv", help="Also write the results to this CSV file."),
 ):
     """Score a model on the test set: composite-image MSE/PSNR/SSIM and masked-region MSE/PSNR."""
-    from . import data as data_mod
-    from . import masking, models
-    from .evaluate import evaluate as run
-    from .files import write_json
+    from . import models
+    from .evaluate import csv_text, public
+    from .files import write_json, write_text
 
-    masking.check(mask, ratio)
-    if limit is not None and limit < 1:
-        raise MaskvitError(f"--limit must be at least 1, got {limit}")
+    cells = _cells(grid, mask, ratio, strategies, ratios)
     net = models.load(model_path)
-    images, _ = data_mod.load_split("test", data)
-    result = {"model": str(model_path), **run(net, images[:limit], mask, ratio, seed)}
-    console.print(_metrics_table(f"{model_path.name} on CIFAR-10 test", [result]))
+    images = _test_images(data, limit)
+    t0 = time.perf_counter()
+    rows = _run_grid({model_path.stem: net}, images, *cells, seed)
+    console.print(_metrics_table(f"{model_path.name} on CIFAR-10 test", rows))
+    console.print(f"{len(rows)} cell(s) in {time.perf_counter() - t0:.1f}s")
+    if json_path:
+        write_json(json_path, {"model": str(model_path), "data": data, "rows": public(rows)})
+        console.print(f"wrote {json_path}")
+    if csv_path:
+        write_text(csv_path, csv_text(rows))
+        console.print(f"wrote {csv_path}")
+
+
+@app.command()
+def compare(
+    model_paths: Optional[list[Path]] = typer.Argument(None, metavar="[MODEL]...", help="Model files (default: the shipped model)."),
+    mask: str = MaskOpt,
+    ratio: float = RatioOpt,
+    grid: bool = GridOpt,
+    strategies: str = StrategiesOpt,
+    ratios: str = RatiosOpt,
+    baselines: str = typer.Option("biharmonic,mean", "--baselines", help="Comma-separated classical baselines (biharmonic, mean); '' for none."),
+    limit: Optional[int] = LimitOpt,
+    seed: int = SeedOpt,
+    data: Optional[str] = DataOpt,
+    output: Path = typer.Option(Path("results"), "--output", help="Results folder: compare.json/.csv, bar charts, summary.md."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the JSON here."),
+):
+    """Models against classical inpainting on identical masks, with paired 95% CIs."""
+    from . import baselines as baselines_mod
+    from . import figures, models
+    from .evaluate import add_baseline_differences, csv_text, parse_list, public
+    from .files import ensure_folder, write_json, write_text
+
+    cells = _cells(grid, mask, ratio, strategies, ratios)
+    chosen = parse_list(baselines, str)
+    for b in chosen:
+        if b not in baselines_mod.BASELINES:
+            raise MaskvitError(f"unknown baseline {b!r}; choose from {', '.join(baselines_mod.BASELINES)}")
+    paths = model_paths or [models.DEFAULT_MODEL]
+    methods = {p.stem: models.load(p) for p in paths}
+    if len(methods) != len(paths):
+        raise MaskvitError("two models share a file name; rename one so the results can tell them apart")
+    methods.update({b: b for b in chosen})
+    folder = ensure_folder(output)
+    images = _test_images(data, limit)
+    t0 = time.perf_counter()
+    rows = _run_grid(methods, images, *cells, seed)
+    add_baseline_differences(rows)
+    seconds = time.perf_counter() - t0
+    console.print(_metrics_table("comparison on CIFAR-10 test", rows))
+    result = {"models": [str(p) for p in paths], "baselines": chosen, "data": data, "seed": seed, "seconds": seconds, "rows": public(rows)}
+    write_json(folder / "compare.json", result)
     if json_path:
         write_json(json_path, result)
-        console.print(f"wrote {json_path}")
+    write_text(folder / "compare.csv", csv_text(rows))
+    for metric in ("psnr", "ssim", "masked_psnr"):
+        figures.bar_chart(rows, metric, folder / f"compare_{metric}.png")
+    write_text(folder / "summary.md", _summary_markdown(result))
+    console.print(f"{len(rows)} rows in {seconds:.0f}s; wrote {folder}/compare.json, compare.csv, compare_*.png, summary.md")
+
+
+@app.command()
+def visualize(
+    model_paths: Optional[list[Path]] = typer.Argument(None, metavar="[MODEL]...", help="Model files (default: the shipped model)."),
+    strategies: str = StrategiesOpt,
+    ratios: str = RatiosOpt,
+    baselines: str = typer.Option("biharmonic", "--baselines", help="Classical baselines shown beside the models; '' for none."),
+    n: int = typer.Option(6, "--n", help="Test images per example figure."),
+    results: Optional[Path] = typer.Option(None, "--results", help="A compare/evaluate JSON for metric-vs-ratio curves (default: OUTPUT/compare.json if present)."),
+    runs: Optional[list[Path]] = typer.Option(None, "--run", help="A <prefix>_run.json from train, for loss and learning-rate curves (repeatable)."),
+    seed: int = SeedOpt,
+    data: Optional[str] = DataOpt,
+    output: Path = typer.Option(Path("results"), "--output", help="Folder for the PNG figures."),
+):
+    """PNG figures: original / masked / reconstructed examples per strategy and ratio,
+    metric-vs-ratio curves, and training curves."""
+    from . import baselines as baselines_mod
+    from . import data as data_mod
+    from . import figures, masking, models
+    from .evaluate import parse_list, reconstruct
+    from .files import ensure_folder
+
+    strategy_list, ratio_list = _cells(True, "", 0, strategies, ratios)
+    if not 1 <= n <= 64:
+        raise MaskvitError(f"--n must be between 1 and 64, got {n}")
+    chosen = parse_list(baselines, str)
+    for b in chosen:
+        if b not in baselines_mod.BASELINES:
+            raise MaskvitError(f"unknown baseline {b!r}; choose from {', '.join(baselines_mod.BASELINES)}")
+    nets = {p.stem: models.load(p) for p in (model_paths or [models.DEFAULT_MODEL])}
+    folder = ensure_folder(output)
+    images = _test_images(data, n)
+    written = []
+    for strategy in strategy_list:
+        for ratio in ratio_list:
+            masks = data_mod.fixed_masks(strategy, ratio, len(images), seed)
+            originals = images.astype(np.float32) / 255.0
+            masked = np.where(masking.pixel_mask(masks).numpy(), 0.5, originals)
+            recons = {name: reconstruct(net, images, masks) for name, net in nets.items()}
+            recons.update({b: baselines_mod.fill(b, originals, masks) for b in chosen})
+            path = folder / f"examples_{strategy}{round(ratio * 100)}.png"
+            figures.examples(originals, masked, recons, path, f"{strategy} masking, ratio {ratio:.2f}")
+            written.append(path)
+    results = results or (folder / "compare.json" if (folder / "compare.json").exists() else None)
+    if results:
+        rows = _read_json(results).get("rows") or []
+        for metric in ("psnr", "ssim"):
+            figures.ratio_curves(rows, metric, folder / f"curves_{metric}.png")
+            written.append(folder / f"curves_{metric}.png")
+    for run in runs or []:
+        record = _read_json(run)
+        if "history" not in record:
+            raise MaskvitError(f"{run}: not a training run record (no history)")
+        figures.training_curves(record["history"], folder / f"training_{run.stem}.png", run.stem)
+        written.append(folder / f"training_{run.stem}.png")
+    console.print("wrote " + ", ".join(str(p) for p in written))
+
+
+def _read_json(path: Path) -> dict:
+    import json
+
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise MaskvitError(f"{path}: no such file") from None
+    except (OSError, ValueError) as e:
+        raise MaskvitError(f"{path}: not readable JSON ({e})") from None
+
+
+def _summary_markdown(result: dict) -> str:
+    from .evaluate import METRICS
+
+    lines = ["# maskvit comparison", "", f"- models: {', '.join(result['models'])}", f"- baselines: {', '.join(result['baselines']) or 'none'}",
+             f"- data: {result['data'] or 'default ($MASKVIT_DATA or download)'}, CIFAR-10 test split, {result['rows'][0]['n_images']} images",
+             f"- masks: seeded (seed {result['seed']}), identical for every method within a cell", f"- wall time: {result['seconds']:.0f} s",
+             "- metrics: per image on the composite (original visible patches + reconstructed hidden ones); PSNR = skimage "
+             "peak_signal_noise_ratio(data_range=1), SSIM = skimage structural_similarity(win_size=7, channel_axis=-1, data_range=1.0); "
+             "masked = hidden pixels only; mean over images with 95% CI (Student t); differences are paired over images.", "",
+             "| method | strategy | ratio (eff.) | " + " | ".join(METRICS) + " | PSNR vs best baseline |", "|" + "---|" * (len(METRICS) + 4)]
+    for r in result["rows"]:
+        diff = r.get("vs_best_baseline")
+        d = f"{diff['psnr']['mean']:+.2f} [{diff['psnr']['ci95'][0]:+.2f}, {diff['psnr']['ci95'][1]:+.2f}] vs {diff['baseline']}" if diff else ""
+        lines.append(f"| {r['method']} | {r['strategy']} | {r['ratio']:.2f} ({r['effective_ratio']:.3f}) | "
+                     + " | ".join(f"{r[m]['mean']:.4f}" if "mse" in m or m == "ssim" else f"{r[m]['mean']:.2f}" for m in METRICS) + f" | {d} |")
+    return "\n".join(lines) + "\n"
 
 
 ModelOpt = typer.Option(None, "--model", help="A .keras file written by maskvit train (default: the shipped model).")

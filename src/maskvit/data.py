@@ -180,6 +180,13 @@ def eval_pipeline(images: np.ndarray, masks, batch_size: int):
     return ds.map(lambda im, m: ((_scale(im), m), _scale(im))).prefetch(tf.data.AUTOTUNE)
 
 
+EVAL_BATCH = 500
+
+
 def fixed_masks(strategy: str, ratio: float, n: int, seed: int, stream: int = EVAL_MASK_STREAM) -> np.ndarray:
-    """The masks [n,64] every model in one comparison sees: a function of (strategy, ratio, n, seed)."""
-    return make_masks(strategy, ratio, n, [seed, stream]).numpy()
+    """The masks [n,64] every model in one comparison sees: a function of (strategy, ratio, n, seed).
+    "mixed" masks are drawn per EVAL_BATCH images, so each evaluation batch hides one count."""
+    if strategy != "mixed":
+        return make_masks(strategy, ratio, n, [seed, stream]).numpy()
+    chunks = [make_masks(strategy, ratio, min(EVAL_BATCH, n - i), [seed, stream + 4 * (i // EVAL_BATCH + 1)]) for i in range(0, n, EVAL_BATCH)]
+    return np.concatenate([c.numpy() for c in chunks])

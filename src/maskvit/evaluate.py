@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage, stats
 
-from . import data, masking
+from . import baselines, data, masking
 
 SSIM_WIN, K1, K2 = 7, 0.01, 0.03
 METRICS = ("mse", "psnr", "ssim", "masked_mse", "masked_psnr")
@@ -63,22 +63,94 @@ def summarize(values: np.ndarray) -> dict:
     return {"mean": mean, "ci95": [mean - half, mean + half]}
 
 
-def reconstruct(model, images_u8: np.ndarray, masks: np.ndarray, batch_size: int = 500) -> np.ndarray:
+def reconstruct(model, images_u8: np.ndarray, masks: np.ndarray, batch_size: int = data.EVAL_BATCH) -> np.ndarray:
     """Composite reconstructions [N,32,32,3] float32: visible patches original, hidden predicted."""
     out = [model.reconstruct(x, m).numpy() for (x, m), _ in data.eval_pipeline(images_u8, masks, batch_size)]
     return np.concatenate(out)
 
 
-def evaluate(model, images_u8: np.ndarray, strategy: str, ratio: float, seed: int = 0, batch_size: int = 500) -> dict:
-    """One (strategy, ratio) cell: seeded masks, composite images, metrics with CIs."""
+def cell(methods: dict, images_u8: np.ndarray, strategy: str, ratio: float, seed: int = 0, batch_size: int = data.EVAL_BATCH) -> list[dict]:
+    """Score each method ({name: model or baseline name}) on one (strategy, ratio): the same
+    seeded masks for all. Rows hold summaries, plus per-image values under "per_image" for paired tests."""
     masks = data.fixed_masks(strategy, ratio, len(images_u8), seed)
-    recon = reconstruct(model, images_u8, masks, batch_size)
-    per_image = image_metrics(images_u8.astype(np.float32) / 255.0, recon, masks)
-    return {
-        "strategy": strategy,
-        "ratio": ratio,
-        "effective_ratio": masking.effective_ratio(strategy, ratio),
-        "n_images": len(images_u8),
-        "seed": seed,
-        **{k: summarize(v) for k, v in per_image.items()},
-    }
+    originals = images_u8.astype(np.float32) / 255.0
+    rows = []
+    for name, method in methods.items():
+        if isinstance(method, str):
+            recon = baselines.fill(method, originals, masks)
+        else:
+            recon = reconstruct(method, images_u8, masks, batch_size)
+        per_image = image_metrics(originals, recon, masks)
+        rows.append({
+            "method": name,
+            "strategy": strategy,
+            "ratio": ratio,
+            "effective_ratio": masking.effective_ratio(strategy, ratio),
+            "n_images": len(images_u8),
+            "seed": seed,
+            **{k: summarize(v) for k, v in per_image.items()},
+            "per_image": per_image,
+        })
+    return rows
+
+
+def evaluate(model, images_u8: np.ndarray, strategy: str, ratio: float, seed: int = 0, batch_size: int = data.EVAL_BATCH) -> dict:
+    """One model on one (strategy, ratio): seeded masks, composite images, metrics with CIs."""
+    row = cell({model.name: model}, images_u8, strategy, ratio, seed, batch_size)[0]
+    row.pop("per_image")
+    return row
+
+
+def paired_difference(a: np.ndarray, b: np.ndarray) -> dict:
+    """Mean of a - b over the same images, with its 95% CI (paired: same images, same masks)."""
+    return summarize(a - b)
+
+
+def parse_list(text: str, kind=float) -> list:
+    from .errors import MaskvitError
+
+    try:
+        return [kind(item) for item in text.replace(" ", ",").split(",") if item]
+    except ValueError:
+        raise MaskvitError(f"cannot read {text!r} as a comma-separated list") from None
+
+
+def grid(methods: dict, images_u8: np.ndarray, strategies: list[str], ratios: list[float], seed: int = 0, on_cell=None) -> list[dict]:
+    """Every (strategy, ratio) cell for every method, on identical masks within a cell."""
+    for strategy in strategies:
+        for ratio in ratios:
+            masking.check(strategy, ratio)
+    rows = []
+    for strategy in strategies:
+        for ratio in ratios:
+            rows += cell(methods, images_u8, strategy, ratio, seed)
+            if on_cell:
+                on_cell(strategy, ratio)
+    return rows
+
+
+def add_baseline_differences(rows: list[dict], metrics=("psnr", "ssim")) -> None:
+    """For each non-baseline row: paired difference (mean, 95% CI) to the cell's best baseline."""
+    for r in rows:
+        if r["method"] in baselines.BASELINES:
+            continue
+        peers = [b for b in rows if b["method"] in baselines.BASELINES and (b["strategy"], b["ratio"]) == (r["strategy"], r["ratio"])]
+        if not peers:
+            continue
+        best = max(peers, key=lambda b: b["psnr"]["mean"])
+        r["vs_best_baseline"] = {"baseline": best["method"], **{m: paired_difference(r["per_image"][m], best["per_image"][m]) for m in metrics}}
+
+
+def public(rows: list[dict]) -> list[dict]:
+    """Rows without the per-image arrays, ready for JSON."""
+    return [{k: v for k, v in r.items() if k != "per_image"} for r in rows]
+
+
+def csv_text(rows: list[dict]) -> str:
+    head = ["method", "strategy", "ratio", "effective_ratio", "n_images", "seed"]
+    cols = head + [f"{m}_{part}" for m in METRICS for part in ("mean", "ci_low", "ci_high")]
+    lines = [",".join(cols)]
+    for r in rows:
+        values = [r[k] for k in head] + [v for m in METRICS for v in (r[m]["mean"], *r[m]["ci95"])]
+        lines.append(",".join(str(v) for v in values))
+    return "\n".join(lines) + "\n"

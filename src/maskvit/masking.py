@@ -18,7 +18,8 @@ IMAGE, PATCH = 32, 4
 GRID = IMAGE // PATCH  # 8 patches per side
 N_PATCHES = GRID * GRID  # 64
 PATCH_DIM = PATCH * PATCH * 3  # 48
-STRATEGIES = ("random", "row", "column")
+STRATEGIES = ("random", "row", "column", "mixed")
+MIX_SPREAD = 0.25  # "mixed" draws each batch's ratio from [ratio - 0.25, ratio + 0.25]
 
 
 def patchify(images):
@@ -68,11 +69,13 @@ def hidden_count(strategy: str, ratio: float) -> int:
     check(strategy, ratio)
     if strategy in ("row", "column"):
         return hidden_lines(ratio) * GRID
+    if strategy == "mixed":
+        raise MaskvitError("mixed masks hide a different number of patches per batch; score a model with random, row or column")
     return min(max(_half_up(ratio * N_PATCHES), 1), N_PATCHES - 1)
 
 
 def effective_ratio(strategy: str, ratio: float) -> float:
-    return hidden_count(strategy, ratio) / N_PATCHES
+    return ratio if strategy == "mixed" else hidden_count(strategy, ratio) / N_PATCHES
 
 
 def _lowest_k(noise, k: int):
@@ -88,9 +91,30 @@ def make_masks(strategy: str, ratio: float, n, seed) -> tf.Tensor:
     model in a comparison the same masks, and a resumed run the same masks it would have had."""
     check(strategy, ratio)
     seed = tf.cast(seed, tf.int64)
+    if strategy == "mixed":
+        return _mixed(ratio, n, seed)
     if strategy == "random":
-        noise = tf.random.stateless_uniform([n, N_PATCHES], seed=seed)
-        return _lowest_k(noise, hidden_count(strategy, ratio))
-    lines = _lowest_k(tf.random.stateless_uniform([n, GRID], seed=seed), hidden_lines(ratio))  # [n, 8]
+        return _random(n, seed, hidden_count(strategy, ratio))
+    return _lines(strategy, n, seed, hidden_lines(ratio))
+
+
+def _random(n, seed, k):
+    return _lowest_k(tf.random.stateless_uniform([n, N_PATCHES], seed=seed), k)
+
+
+def _lines(strategy, n, seed, k):
+    lines = _lowest_k(tf.random.stateless_uniform([n, GRID], seed=seed), k)  # [n, 8]
     grid = lines[:, :, None] if strategy == "row" else lines[:, None, :]
     return tf.reshape(tf.broadcast_to(grid, [n, GRID, GRID]), [n, N_PATCHES])
+
+
+def _mixed(ratio: float, n, seed):
+    """Training masks of every kind: one strategy (random, row or column) and one ratio in
+    ratio +- MIX_SPREAD per call, so a batch still hides the same count in every image."""
+    s_pick, s_ratio, s_mask = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+    pick = tf.random.stateless_uniform([], seed=s_pick, maxval=3, dtype=tf.int32)
+    r = tf.random.stateless_uniform([], seed=s_ratio, minval=ratio - MIX_SPREAD, maxval=ratio + MIX_SPREAD)
+    k = tf.clip_by_value(tf.cast(tf.floor(r * N_PATCHES + 0.5), tf.int32), 1, N_PATCHES - 1)
+    lines = tf.clip_by_value(tf.cast(tf.floor(r * GRID + 0.5), tf.int32), 1, GRID - 1)
+    masks = tf.stack([_random(n, s_mask, k), _lines("row", n, s_mask, lines), _lines("column", n, s_mask, lines)])
+    return tf.gather(masks, pick)

@@ -41,11 +41,14 @@ class TrainConfig:
     output: str = "saved_models"
     name: str | None = None  # file prefix; default <model>_<mask><ratio%>
     resume: bool = True  # continue an interrupted run of the same config in the same folder
+    precision: str = "float32"  # float32 | bfloat16 (mixed: bf16 compute, fp32 weights)
 
     def check(self) -> None:
         masking.check(self.mask, self.ratio)
         if self.model not in models.MODELS:
             raise MaskvitError(f"unknown model {self.model!r}; choose one of {', '.join(models.MODELS)}")
+        if self.precision not in ("float32", "bfloat16"):
+            raise MaskvitError(f"unknown precision {self.precision!r}; choose float32 or bfloat16")
         if self.recipe not in RECIPES:
             raise MaskvitError(f"unknown recipe {self.recipe!r}; choose one of {', '.join(RECIPES)}")
         for field, low in (("epochs", 1), ("batch_size", 1), ("val_size", 1)):
@@ -228,13 +231,17 @@ def train(config: TrainConfig, progress: keras.callbacks.Callback | None = None)
     start = previous["resume"]["epoch"] if previous else 0
     ds, steps = data.train_pipeline(train_images, config.batch_size, config.mask, config.ratio, config.seed, start_epoch=start)
     val_masks = data.fixed_masks(config.mask, config.ratio, len(val_images), config.seed, data.VAL_MASK_STREAM)
-    val_ds = data.eval_pipeline(val_images, val_masks, 500)
+    val_ds = data.eval_pipeline(val_images, val_masks, data.EVAL_BATCH)
     if previous:
         model = models.load(previous["resume"]["path"], compile=True)  # weights and optimizer state
         set_rng_state(model, previous["resume"]["rng"])
         record = {**previous, "config": asdict(config), "resumed_at_epochs": previous.get("resumed_at_epochs", []) + [start]}
     else:
-        model = models.build(config.model)
+        keras.mixed_precision.set_global_policy("mixed_bfloat16" if config.precision == "bfloat16" else "float32")
+        try:
+            model = models.build(config.model)
+        finally:
+            keras.mixed_precision.set_global_policy("float32")
         model.compile(optimizer=make_optimizer(config, steps))
         record = {
             "config": asdict(config),

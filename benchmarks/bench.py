@@ -1,0 +1,140 @@
+"""maskvit benchmarks: print measured numbers for the machine this runs on; assert nothing.
+
+    python benchmarks/bench.py --data PATH [--skip-eval] [--target-minutes 10]
+
+1. Training throughput (images/s, median of timed windows after warm-up) of the seed and mae
+   presets through maskvit's real pipeline (tf.data masks + Keras fit), beside a plain
+   tf.function training step of the seed model on in-memory tensors, in the same run.
+2. Evaluation throughput of `evaluate --grid` (3 strategies x 3 ratios, all metrics) on the test set.
+3. Wall time from the start of training to PSNR >= 22.75 dB on the full test set at random 50%.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from maskvit import data, evaluate, masking, models, train  # noqa: E402
+
+WARMUP, WINDOW, WINDOWS = 10, 20, 5
+
+
+class WindowTimer(keras.callbacks.Callback):
+    """Images/s over consecutive windows of WINDOW steps, after WARMUP steps."""
+
+    def __init__(self, batch_size):
+        super().__init__()
+        self.batch_size, self.marks = batch_size, []
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch >= WARMUP - 1 and (batch - WARMUP + 1) % WINDOW == 0:
+            self.marks.append(time.perf_counter())
+
+    def rate(self):
+        return statistics.median(WINDOW * self.batch_size / (b - a) for a, b in zip(self.marks, self.marks[1:]))
+
+
+def reference_seed_rate(images, batch_size):
+    """The seed model trained by a bare tf.function step on in-memory tensors: no tf.data, no fit."""
+    keras.utils.set_random_seed(0)
+    model, opt = models.build("seed"), keras.optimizers.Adam(1e-3)
+    x = tf.constant(images[: batch_size * 8].astype(np.float32) / 255.0)
+    m = masking.make_masks("random", 0.5, batch_size * 8, [0, 0])
+
+    @tf.function
+    def step(x, m):
+        with tf.GradientTape() as tape:
+            loss = models.masked_mse(x, model((x, m), training=True), m)
+        opt.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
+        return loss
+
+    rates = []
+    for i in range(WARMUP + WINDOW * WINDOWS):
+        j = (i % 8) * batch_size
+        if i >= WARMUP and (i - WARMUP) % WINDOW == 0:
+            t0 = time.perf_counter()
+        step(x[j : j + batch_size], m[j : j + batch_size]).numpy()
+        if i >= WARMUP and (i - WARMUP) % WINDOW == WINDOW - 1:
+            rates.append(WINDOW * batch_size / (time.perf_counter() - t0))
+    return statistics.median(rates)
+
+
+def pipeline_rate(images, preset, batch_size, precision="float32"):
+    keras.utils.set_random_seed(0)
+    keras.mixed_precision.set_global_policy("mixed_bfloat16" if precision == "bfloat16" else "float32")
+    try:
+        model = models.build(preset)
+        model.compile(optimizer=keras.optimizers.AdamW(1e-3))
+        ds, _ = data.train_pipeline(images, batch_size, "random", 0.5, seed=0)
+        timer = WindowTimer(batch_size)
+        model.fit(ds, epochs=1, steps_per_epoch=WARMUP + WINDOW * WINDOWS, callbacks=[timer], verbose=0)
+        return timer.rate()
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=None, help="CIFAR-10 archive or folder (default: $MASKVIT_DATA)")
+    parser.add_argument("--skip-eval", action="store_true")
+    parser.add_argument("--target-minutes", type=float, default=0, help="also train the default recipe up to this long, timing PSNR >= 22.75 dB")
+    args = parser.parse_args()
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.processor() or ''} python {platform.python_version()}, "
+          f"tensorflow {tf.__version__}, keras {keras.__version__}")
+    train_images, _ = data.load_split("train", args.data)
+    test_images, _ = data.load_split("test", args.data)
+
+    print("\n# training throughput, images/s (median of %d windows of %d steps after %d warm-up steps)" % (WINDOWS, WINDOW, WARMUP))
+    ref = reference_seed_rate(train_images, 128)
+    print(f"plain tf.function seed step, batch 128:        {ref:7.0f}  (reference, 1.00x)")
+    for preset, batch, precision in (("seed", 128, "float32"), ("mae", 128, "float32"), ("mae", 256, "float32"), ("mae", 256, "bfloat16")):
+        rate = pipeline_rate(train_images, preset, batch, precision)
+        print(f"maskvit {preset:4s} fit, batch {batch}, {precision:8s}:   {rate:7.0f}  ({rate / ref:.2f}x)")
+
+    if not args.skip_eval:
+        print("\n# evaluate --grid: 3 strategies x 3 ratios, full test set, all metrics")
+        model = models.build("mae")
+        t0 = time.perf_counter()
+        evaluate.grid({"mae": model}, test_images, ["random", "row", "column"], [0.3, 0.5, 0.7])
+        seconds = time.perf_counter() - t0
+        print(f"{seconds:.1f} s for 9 cells = {9 * len(test_images) / seconds:.0f} images/s")
+
+    if args.target_minutes:
+        time_to_target(args, test_images)
+
+
+def time_to_target(args, test_images, target=22.75):
+    """Train the default recipe; after each epoch score the full test set at random 50%."""
+    print(f"\n# time to PSNR >= {target} dB (full test set, random 50%), training time only (evaluation excluded)")
+    config = train.TrainConfig(**train.DEFAULT_RECIPE, data=args.data, output="/tmp/maskvit-bench", resume=False)
+    budget = args.target_minutes * 60
+
+    class Probe(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.train_seconds, self.t0 = 0.0, None
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.t0 = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.train_seconds += time.perf_counter() - self.t0
+            psnr = evaluate.evaluate(self.model, test_images, "random", 0.5)["psnr"]["mean"]
+            print(f"epoch {epoch + 1}: {self.train_seconds:6.0f} s of training, test PSNR {psnr:.2f} dB", flush=True)
+            if psnr >= target or self.train_seconds > budget:
+                self.model.stop_training = True
+
+    train.train(config, progress=Probe())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""Baselines, grids, compare and visualize: identical masks, exact skimage agreement, files written."""
+
+import json
+import sys
+
+import numpy as np
+import pytest
+from skimage.metrics import peak_signal_noise_ratio
+from skimage.restoration import inpaint_biharmonic
+
+from maskvit import baselines, cli, data, evaluate, masking, models
+
+
+def sample(n):
+    return data.load_split("test", data.SAMPLE)[0][:n]
+
+
+def test_mean_fill_uses_visible_mean_per_channel():
+    images = sample(3) / 255.0
+    masks = data.fixed_masks("row", 0.5, 3, 0)
+    out = baselines.mean_fill(images, masks)
+    hidden = masking.pixel_mask(masks).numpy()[..., 0]
+    for i in range(3):
+        np.testing.assert_allclose(out[i][hidden[i]], np.broadcast_to(images[i][~hidden[i]].mean(axis=0), out[i][hidden[i]].shape), rtol=1e-5)
+        np.testing.assert_array_equal(out[i][~hidden[i]], images[i][~hidden[i]].astype(np.float32))
+
+
+def test_biharmonic_row_agrees_with_independent_skimage():
+    images = sample(6)
+    rows = evaluate.cell({"biharmonic": "biharmonic"}, images, "random", 0.5, seed=4)
+    masks = data.fixed_masks("random", 0.5, 6, 4)
+    psnrs = []
+    for i in range(6):
+        hidden = np.kron(masks[i].reshape(8, 8), np.ones((4, 4), bool))  # an independent pixel mask
+        img = images[i] / 255.0
+        psnrs.append(peak_signal_noise_ratio(img, inpaint_biharmonic(img, hidden, channel_axis=-1).astype(np.float32), data_range=1))
+    assert rows[0]["psnr"]["mean"] == pytest.approx(np.mean(psnrs), abs=1e-4)
+
+
+def test_parallel_biharmonic_equals_serial():
+    images = sample(8) / 255.0
+    masks = data.fixed_masks("column", 0.3, 8, 0)
+    np.testing.assert_array_equal(baselines.biharmonic(images, masks, workers=2, chunk=3), baselines.biharmonic(images, masks, workers=1))
+
+
+def test_grid_gives_every_method_the_same_masks_and_paired_differences():
+    images = sample(10)
+    net = models.build("mae", depth=1, decoder_depth=1)
+    rows = evaluate.grid({"vit": net, "mean": "mean"}, images, ["random", "column"], [0.3, 0.6])
+    assert [(r["method"], r["strategy"], r["ratio"]) for r in rows][:4] == [("vit", "random", 0.3), ("mean", "random", 0.3), ("vit", "random", 0.6), ("mean", "random", 0.6)]
+    evaluate.add_baseline_differences(rows)
+    vit, mean = rows[0], rows[1]
+    diff = vit["vs_best_baseline"]["psnr"]
+    assert vit["vs_best_baseline"]["baseline"] == "mean"
+    assert diff["mean"] == pytest.approx(vit["psnr"]["mean"] - mean["psnr"]["mean"])
+    assert "vs_best_baseline" not in mean
+    text = evaluate.csv_text(rows)
+    assert text.splitlines()[0].startswith("method,strategy,ratio,effective_ratio") and len(text.splitlines()) == 9
+
+
+def run(monkeypatch, capsys, *args):
+    monkeypatch.setattr(sys, "argv", ["maskvit", *map(str, args)])
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    out, err = capsys.readouterr()
+    return e.value.code, out, err
+
+
+def test_compare_and_visualize_write_results(tmp_path, monkeypatch, capsys):
+    model_path = tmp_path / "tiny.keras"
+    models.build("mae", depth=1, decoder_depth=1).save(model_path)
+    out = tmp_path / "results"
+    code, stdout, err = run(monkeypatch, capsys, "compare", model_path, "--grid", "--strategies", "random,row", "--ratios", "0.5",
+                            "--data", "sample", "--limit", "12", "--output", out)
+    assert code == 0, err
+    result = json.loads((out / "compare.json").read_text())
+    assert {r["method"] for r in result["rows"]} == {"tiny", "biharmonic", "mean"} and len(result["rows"]) == 6
+    assert all("vs_best_baseline" in r for r in result["rows"] if r["method"] == "tiny")
+    for name in ("compare.csv", "compare_psnr.png", "compare_ssim.png", "summary.md"):
+        assert (out / name).stat().st_size > 0
+    assert "tiny.keras" in (out / "summary.md").read_text()
+
+    code, stdout, err = run(monkeypatch, capsys, "visualize", model_path, "--strategies", "row", "--ratios", "0.5", "--n", "3",
+                            "--data", "sample", "--output", out)
+    assert code == 0, err
+    assert (out / "examples_row50.png").exists() and (out / "curves_psnr.png").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["compare", "--baselines", "magic"], "unknown baseline 'magic'"),
+    (["compare", "--grid", "--ratios", "0.5,1.2"], "strictly between 0 and 1"),
+    (["compare", "--grid", "--ratios", "a,b"], "comma-separated list"),
+    (["evaluate", "x.keras", "--grid", "--strategies", "random,spiral"], "unknown mask strategy 'spiral'"),
+    (["visualize", "--n", "0"], "--n must be between 1 and 64"),
+    (["visualize", "--run", "/nonexistent.json", "--ratios", "0.5", "--strategies", "row"], "no such file"),
+])
+def test_study_commands_reject_bad_input(args, message, monkeypatch, capsys, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(monkeypatch, capsys, *args, *(["--data", "sample"] if args[0] != "evaluate" else []))
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
