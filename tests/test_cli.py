@@ -90,3 +90,14 @@ def test_bad_files_leave_nothing_behind(damage, fake_archive, tmp_path, monkeypa
     code, out, err = run(monkeypatch, capsys, "train", "--epochs", "1", "--data", fake_archive, "--output", output, "--val-size", "40")
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert ("corrupt or truncated" in err) if damage == "corrupt" else ("is a file" in err and output.read_text() == "precious")
+
+
+def test_fast_recipe_trains_mae_in_mixed_precision(fake_archive, tmp_path, monkeypatch, capsys):
+    code, out, err = run(monkeypatch, capsys, "train", "--recipe", "fast", "--mask", "mixed", "--epochs", "2", "--batch-size", "32",
+                         "--val-size", "40", "--data", fake_archive, "--output", tmp_path)
+    assert code == 0, err
+    record = json.loads((tmp_path / "mae_mixed50_run.json").read_text())
+    assert record["config"]["model"] == "mae" and record["config"]["precision"] == "bfloat16"
+    lrs = record["history"]["lr"]
+    assert lrs[0] < lrs[1]  # linear warm-up over the first epoch
+    assert isinstance(models.load(tmp_path / "mae_mixed50_final.keras"), models.MAE)

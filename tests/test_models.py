@@ -7,7 +7,7 @@ from maskvit import masking, models
 from maskvit.errors import MaskvitError
 
 
-@pytest.fixture(scope="module", params=["seed", "mae"])
+@pytest.fixture(scope="module", params=["seed", "mae", "autoencoder"])
 def model(request):
     keras.utils.set_random_seed(0)
     return models.build(request.param)
@@ -69,3 +69,19 @@ def test_load_refuses_bad_files(tmp_path):
     truncated.write_bytes(good.read_bytes()[:100_000])
     with pytest.raises(MaskvitError, match="truncated|cannot load"):
         models.load(truncated)
+
+
+def test_mixed_precision_model_loads_for_float32_inference(tmp_path):
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        trained = models.build("mae", depth=1, decoder_depth=1)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert trained.blocks[0].compute_dtype == "bfloat16"
+    trained.save(tmp_path / "bf16.keras")
+    loaded = models.load(tmp_path / "bf16.keras")
+    assert all(layer.compute_dtype == "float32" for layer in loaded._flatten_layers())
+    for a, b in zip(trained.get_weights(), loaded.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    images, mask = batch()
+    np.testing.assert_allclose(loaded((images, mask)).numpy(), trained((images, mask)).numpy(), atol=0.05)

@@ -103,19 +103,19 @@ def _metrics_table(title: str, rows: list[dict]) -> Table:
 
 @app.command()
 def train(
-    model: str = typer.Option("seed", "--model", help="Model preset: seed (reference) or mae (encoder on visible patches)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Default: the recipe's (seed: seed, fast: mae). Model preset: seed (reference ViT), mae (encoder on visible patches) or autoencoder (the seed's conv autoencoder)."),
     mask: str = MaskOpt,
     ratio: float = RatioOpt,
     epochs: int = typer.Option(20, "--epochs", help="Training epochs."),
-    batch_size: int = typer.Option(128, "--batch-size", help="Images per step."),
-    recipe: str = typer.Option("seed", "--recipe", help="seed: Adam 1e-3 + ReduceLROnPlateau; fast: AdamW + warmup-cosine."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per step (default: the recipe's, seed 128, fast 256)."),
+    recipe: str = typer.Option("seed", "--recipe", help="seed: Adam 1e-3 + ReduceLROnPlateau; fast: mae, bf16, AdamW 2e-3 + warm-up and cosine decay."),
     val_size: int = typer.Option(5000, "--val-size", help="Validation images, the last of the training split."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Train on the first N training images only."),
     seed: int = SeedOpt,
     data: Optional[str] = DataOpt,
     output: Path = typer.Option(Path("saved_models"), "--output", help="Folder for the best/final models and the run JSON."),
     name: Optional[str] = typer.Option(None, "--name", help="File prefix (default <model>_<mask><ratio%>)."),
-    precision: str = typer.Option("float32", "--precision", help="float32, or bfloat16 (mixed precision: faster on CPUs with bf16 units)."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="float32 or bfloat16 (mixed precision; default: the recipe's)."),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue an interrupted run of the same settings in --output (default), or start over."),
 ):
     """Train a model; writes <prefix>_best.keras, <prefix>_final.keras and <prefix>_run.json."""
