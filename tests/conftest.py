@@ -49,3 +49,20 @@ def real_data():
     if not path or not os.path.exists(path):
         pytest.skip("set MASKVIT_DATA to the CIFAR-10 archive to run the real-data tests")
     return path
+
+
+@pytest.fixture
+def cli(monkeypatch, capsys):
+    """Run the real `maskvit` entry point in-process: returns (exit code, stdout, stderr)."""
+    import sys
+
+    from maskvit import cli as cli_module
+
+    def run(*args):
+        monkeypatch.setattr(sys, "argv", ["maskvit", *map(str, args)])
+        with pytest.raises(SystemExit) as exit_info:
+            cli_module.main()
+        out, err = capsys.readouterr()
+        return exit_info.value.code, out, err
+
+    return run

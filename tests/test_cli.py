@@ -1,24 +1,17 @@
 """The real `maskvit` entry point, run in-process: results, exit codes and one-line errors."""
 
 import json
-import sys
 
 import pytest
 
-from maskvit import cli, models
+from maskvit import models
 
 
-def run(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["maskvit", *map(str, args)])
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main()
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
 
 
-def test_train_then_evaluate(fake_archive, tmp_path, monkeypatch, capsys):
+def test_train_then_evaluate(fake_archive, tmp_path, cli):
     out_dir = tmp_path / "models"
-    code, out, err = run(monkeypatch, capsys, "train", "--mask", "row", "--ratio", "0.5", "--epochs", "2", "--batch-size", "32",
+    code, out, err = cli("train", "--mask", "row", "--ratio", "0.5", "--epochs", "2", "--batch-size", "32",
                          "--val-size", "40", "--data", fake_archive, "--output", out_dir)
     assert code == 0, err
     assert "epoch 2/2" in out and "val_loss" in out
@@ -31,7 +24,7 @@ def test_train_then_evaluate(fake_archive, tmp_path, monkeypatch, capsys):
     assert not list(out_dir.glob(".*tmp*"))  # no temporary files left behind
 
     result_path = tmp_path / "result.json"
-    code, out, err = run(monkeypatch, capsys, "evaluate", out_dir / "seed_row50_best.keras", "--mask", "column", "--ratio", "0.3",
+    code, out, err = cli("evaluate", out_dir / "seed_row50_best.keras", "--mask", "column", "--ratio", "0.3",
                          "--data", fake_archive, "--json", result_path, "--limit", "30")
     assert code == 0, err
     result = json.loads(result_path.read_text())["rows"][0]
@@ -42,10 +35,10 @@ def test_train_then_evaluate(fake_archive, tmp_path, monkeypatch, capsys):
     assert "PSNR" in out
 
 
-def test_evaluate_on_embedded_sample(tmp_path, monkeypatch, capsys):
+def test_evaluate_on_embedded_sample(tmp_path, cli):
     path = tmp_path / "m.keras"
     models.build("mae").save(path)
-    code, out, err = run(monkeypatch, capsys, "evaluate", path, "--data", "sample", "--limit", "16")
+    code, out, err = cli("evaluate", path, "--data", "sample", "--limit", "16")
     assert code == 0, err
     assert "random" in out and "16" in out
 
@@ -69,11 +62,11 @@ def test_evaluate_on_embedded_sample(tmp_path, monkeypatch, capsys):
     (["evaluate", "MODEL_TEXT", "--mask", "zigzag"], "unknown mask strategy"),
     (["frobnicate"], "No such command"),
 ])
-def test_bad_input_is_one_line_and_nonzero(args, message, tmp_path, monkeypatch, capsys):
+def test_bad_input_is_one_line_and_nonzero(args, message, tmp_path, cli):
     text_model = tmp_path / "model.keras"
     text_model.write_text("not a model")
     args = [str(text_model) if a == "MODEL_TEXT" else a for a in args]
-    code, out, err = run(monkeypatch, capsys, *args)
+    code, out, err = cli(*args)
     assert code != 0
     assert message in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
@@ -81,19 +74,19 @@ def test_bad_input_is_one_line_and_nonzero(args, message, tmp_path, monkeypatch,
 
 
 @pytest.mark.parametrize("damage", ["corrupt", "output-is-file"])
-def test_bad_files_leave_nothing_behind(damage, fake_archive, tmp_path, monkeypatch, capsys):
+def test_bad_files_leave_nothing_behind(damage, fake_archive, tmp_path, cli):
     output = tmp_path / "out"
     if damage == "corrupt":
         fake_archive.write_bytes(fake_archive.read_bytes()[:300])
     else:
         output.write_text("precious")
-    code, out, err = run(monkeypatch, capsys, "train", "--epochs", "1", "--data", fake_archive, "--output", output, "--val-size", "40")
+    code, out, err = cli("train", "--epochs", "1", "--data", fake_archive, "--output", output, "--val-size", "40")
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert ("corrupt or truncated" in err) if damage == "corrupt" else ("is a file" in err and output.read_text() == "precious")
 
 
-def test_fast_recipe_trains_mae_in_mixed_precision(fake_archive, tmp_path, monkeypatch, capsys):
-    code, out, err = run(monkeypatch, capsys, "train", "--recipe", "fast", "--mask", "mixed", "--epochs", "2", "--batch-size", "32",
+def test_fast_recipe_trains_mae_in_mixed_precision(fake_archive, tmp_path, cli):
+    code, out, err = cli("train", "--recipe", "fast", "--mask", "mixed", "--epochs", "2", "--batch-size", "32",
                          "--val-size", "40", "--data", fake_archive, "--output", tmp_path)
     assert code == 0, err
     record = json.loads((tmp_path / "mae_mixed50_run.json").read_text())

@@ -4,7 +4,7 @@ import pickle
 import numpy as np
 import pytest
 
-from conftest import N_PER_BATCH, batch_bytes, cifar_members, write_archive
+from conftest import N_PER_BATCH, cifar_members, write_archive
 from maskvit import data
 from maskvit.errors import MaskvitError
 

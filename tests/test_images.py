@@ -1,12 +1,11 @@
 import json
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 from skimage.metrics import structural_similarity
 
-from maskvit import cli, images, masking, models
+from maskvit import images, masking, models
 
 
 @pytest.fixture(scope="module")
@@ -54,12 +53,6 @@ def test_reconstruction_keeps_visible_pixels_and_size(model_file):
     assert (recon[visible] == rgb[visible]).mean() > 0.99
 
 
-def run(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["maskvit", *map(str, args)])
-    with pytest.raises(SystemExit) as e:
-        cli.main()
-    out, err = capsys.readouterr()
-    return e.value.code, out, err
 
 
 def make_bad(tmp_path, kind):
@@ -82,12 +75,12 @@ def make_bad(tmp_path, kind):
 
 @pytest.mark.parametrize("kind, message", [("missing", "no such file"), ("directory", "is a folder"), ("empty", "empty file"),
                                            ("text", "not an image"), ("truncated", "truncated"), ("tiny", "smaller than one 4x4 patch")])
-def test_bad_image_is_reported_and_good_ones_still_processed(kind, message, tmp_path, model_file, monkeypatch, capsys):
+def test_bad_image_is_reported_and_good_ones_still_processed(kind, message, tmp_path, model_file, cli):
     good = tmp_path / "good.jpg"
     Image.fromarray(photo()).save(good)
     bad = make_bad(tmp_path, kind)
     out_dir = tmp_path / "out"
-    code, out, err = run(monkeypatch, capsys, "reconstruct", bad, good, "--model", model_file, "--output", out_dir,
+    code, out, err = cli("reconstruct", bad, good, "--model", model_file, "--output", out_dir,
                          "--json", tmp_path / "r.json", "--mask", "column")
     assert code == 2 and message in err and "Traceback" not in err
     assert all(line.startswith("error: ") for line in err.strip().splitlines())
@@ -98,12 +91,12 @@ def test_bad_image_is_reported_and_good_ones_still_processed(kind, message, tmp_
     assert panel.shape[0] == 45 and panel.shape[1] > 3 * 70
 
 
-def test_reconstruct_rejects_other_architectures(tmp_path, monkeypatch, capsys):
+def test_reconstruct_rejects_other_architectures(tmp_path, cli):
     import keras
 
     foreign = tmp_path / "foreign.keras"
     keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Conv2D(3, 3, padding="same")]).save(foreign)
-    code, out, err = run(monkeypatch, capsys, "reconstruct", "x.png", "--model", foreign)
+    code, out, err = cli("reconstruct", "x.png", "--model", foreign)
     assert code == 2 and "not a maskvit one" in err
 
 

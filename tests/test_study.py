@@ -1,14 +1,13 @@
 """Baselines, grids, compare and visualize: identical masks, exact skimage agreement, files written."""
 
 import json
-import sys
 
 import numpy as np
 import pytest
 from skimage.metrics import peak_signal_noise_ratio
 from skimage.restoration import inpaint_biharmonic
 
-from maskvit import baselines, cli, data, evaluate, masking, models
+from maskvit import baselines, data, evaluate, masking, models
 
 
 def sample(n):
@@ -58,19 +57,13 @@ def test_grid_gives_every_method_the_same_masks_and_paired_differences():
     assert text.splitlines()[0].startswith("method,strategy,ratio,effective_ratio") and len(text.splitlines()) == 9
 
 
-def run(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["maskvit", *map(str, args)])
-    with pytest.raises(SystemExit) as e:
-        cli.main()
-    out, err = capsys.readouterr()
-    return e.value.code, out, err
 
 
-def test_compare_and_visualize_write_results(tmp_path, monkeypatch, capsys):
+def test_compare_and_visualize_write_results(tmp_path, cli):
     model_path = tmp_path / "tiny.keras"
     models.build("mae", depth=1, decoder_depth=1).save(model_path)
     out = tmp_path / "results"
-    code, stdout, err = run(monkeypatch, capsys, "compare", model_path, "--grid", "--strategies", "random,row", "--ratios", "0.5",
+    code, stdout, err = cli("compare", model_path, "--grid", "--strategies", "random,row", "--ratios", "0.5",
                             "--data", "sample", "--limit", "12", "--output", out)
     assert code == 0, err
     result = json.loads((out / "compare.json").read_text())
@@ -80,7 +73,7 @@ def test_compare_and_visualize_write_results(tmp_path, monkeypatch, capsys):
         assert (out / name).stat().st_size > 0
     assert "tiny.keras" in (out / "summary.md").read_text()
 
-    code, stdout, err = run(monkeypatch, capsys, "visualize", model_path, "--strategies", "row", "--ratios", "0.5", "--n", "3",
+    code, stdout, err = cli("visualize", model_path, "--strategies", "row", "--ratios", "0.5", "--n", "3",
                             "--data", "sample", "--output", out)
     assert code == 0, err
     assert (out / "examples_row50.png").exists() and (out / "curves_psnr.png").exists()
@@ -94,7 +87,7 @@ def test_compare_and_visualize_write_results(tmp_path, monkeypatch, capsys):
     (["visualize", "--n", "0"], "--n must be between 1 and 64"),
     (["visualize", "--run", "/nonexistent.json", "--ratios", "0.5", "--strategies", "row"], "no such file"),
 ])
-def test_study_commands_reject_bad_input(args, message, monkeypatch, capsys, tmp_path):
+def test_study_commands_reject_bad_input(args, message, cli, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    code, out, err = run(monkeypatch, capsys, *args, *(["--data", "sample"] if args[0] != "evaluate" else []))
+    code, out, err = cli(*args, *(["--data", "sample"] if args[0] != "evaluate" else []))
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1

@@ -200,6 +200,23 @@ def evaluate(
         console.print(f"wrote {csv_path}")
 
 
+def _methods(model_paths: Optional[list[Path]], baselines: str) -> tuple[list[Path], dict, list[str]]:
+    """Model files (default: the shipped one) loaded and named by file stem, and checked baseline names."""
+    from . import baselines as baselines_mod
+    from . import models
+    from .evaluate import parse_list
+
+    chosen = parse_list(baselines, str)
+    for b in chosen:
+        if b not in baselines_mod.BASELINES:
+            raise MaskvitError(f"unknown baseline {b!r}; choose from {', '.join(baselines_mod.BASELINES)}")
+    paths = model_paths or [models.DEFAULT_MODEL]
+    nets = {p.stem: models.load(p) for p in paths}
+    if len(nets) != len(paths):
+        raise MaskvitError("two models share a file name; rename one so the results can tell them apart")
+    return paths, nets, chosen
+
+
 @app.command()
 def compare(
     model_paths: Optional[list[Path]] = typer.Argument(None, metavar="[MODEL]...", help="Model files (default: the shipped model)."),
@@ -216,21 +233,13 @@ def compare(
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the JSON here."),
 ):
     """Models against classical inpainting on identical masks, with paired 95% CIs."""
-    from . import baselines as baselines_mod
-    from . import figures, models
-    from .evaluate import add_baseline_differences, csv_text, parse_list, public
+    from . import figures
+    from .evaluate import add_baseline_differences, csv_text, public
     from .files import ensure_folder, write_json, write_text
 
     cells = _cells(grid, mask, ratio, strategies, ratios)
-    chosen = parse_list(baselines, str)
-    for b in chosen:
-        if b not in baselines_mod.BASELINES:
-            raise MaskvitError(f"unknown baseline {b!r}; choose from {', '.join(baselines_mod.BASELINES)}")
-    paths = model_paths or [models.DEFAULT_MODEL]
-    methods = {p.stem: models.load(p) for p in paths}
-    if len(methods) != len(paths):
-        raise MaskvitError("two models share a file name; rename one so the results can tell them apart")
-    methods.update({b: b for b in chosen})
+    paths, nets, chosen = _methods(model_paths, baselines)
+    methods = {**nets, **{b: b for b in chosen}}
     folder = ensure_folder(output)
     images = _test_images(data, limit)
     t0 = time.perf_counter()
@@ -266,18 +275,14 @@ def visualize(
     metric-vs-ratio curves, and training curves."""
     from . import baselines as baselines_mod
     from . import data as data_mod
-    from . import figures, masking, models
-    from .evaluate import parse_list, reconstruct
+    from . import figures, masking
+    from .evaluate import reconstruct
     from .files import ensure_folder
 
     strategy_list, ratio_list = _cells(True, "", 0, strategies, ratios)
     if not 1 <= n <= 64:
         raise MaskvitError(f"--n must be between 1 and 64, got {n}")
-    chosen = parse_list(baselines, str)
-    for b in chosen:
-        if b not in baselines_mod.BASELINES:
-            raise MaskvitError(f"unknown baseline {b!r}; choose from {', '.join(baselines_mod.BASELINES)}")
-    nets = {p.stem: models.load(p) for p in (model_paths or [models.DEFAULT_MODEL])}
+    _, nets, chosen = _methods(model_paths, baselines)
     folder = ensure_folder(output)
     images = _test_images(data, n)
     written = []

@@ -78,6 +78,13 @@ class MaskedModel(keras.Model):
     def _positions(self):
         return tf.range(N_PATCHES)
 
+    def _build_encoder(self, h: dict) -> None:
+        """Patch embedding, learned positions, transformer blocks, final norm: the ViTs' shared trunk."""
+        self.embed = keras.layers.Dense(h["dim"], name="patch_embed")
+        self.pos = keras.layers.Embedding(N_PATCHES, h["dim"], name="pos_embed")
+        self.blocks = [Block(h["dim"], h["heads"], h["mlp_dim"], h["dropout"], name=f"block{i}") for i in range(h["depth"])]
+        self.norm = keras.layers.LayerNormalization(epsilon=1e-6, name="norm")
+
 
 @keras.saving.register_keras_serializable(PACKAGE)
 class SeedViT(MaskedModel):
@@ -90,10 +97,7 @@ class SeedViT(MaskedModel):
         super().__init__(name=name or "seed_vit")
         self.hparams = {**self.DEFAULTS, **hparams}
         h = self.hparams
-        self.embed = keras.layers.Dense(h["dim"], name="patch_embed")
-        self.pos = keras.layers.Embedding(N_PATCHES, h["dim"], name="pos_embed")
-        self.blocks = [Block(h["dim"], h["heads"], h["mlp_dim"], h["dropout"], name=f"block{i}") for i in range(h["depth"])]
-        self.norm = keras.layers.LayerNormalization(epsilon=1e-6, name="norm")
+        self._build_encoder(h)
         self.head = keras.layers.Dense(PATCH_DIM, activation="sigmoid", dtype="float32", name="head")
 
     def call(self, inputs, training=False):
@@ -121,10 +125,7 @@ class MAE(MaskedModel):
         super().__init__(name=name or "mae")
         self.hparams = {**self.DEFAULTS, **hparams}
         h = self.hparams
-        self.embed = keras.layers.Dense(h["dim"], name="patch_embed")
-        self.pos = keras.layers.Embedding(N_PATCHES, h["dim"], name="pos_embed")
-        self.blocks = [Block(h["dim"], h["heads"], h["mlp_dim"], h["dropout"], name=f"block{i}") for i in range(h["depth"])]
-        self.norm = keras.layers.LayerNormalization(epsilon=1e-6, name="norm")
+        self._build_encoder(h)
         dd = h["decoder_dim"]
         self.decoder_embed = keras.layers.Dense(dd, name="decoder_embed")
         self.mask_token = keras.layers.Embedding(1, dd, name="mask_token")
