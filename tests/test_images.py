@@ -103,3 +103,13 @@ def test_reconstruct_rejects_other_architectures(tmp_path, cli):
 def test_masks_differ_per_tile_but_are_seeded():
     a = masking.make_masks("random", 0.5, 4, [7, 0]).numpy()
     assert len({row.tobytes() for row in a}) == 4
+
+
+def test_image_scores_match_skimage():
+    from skimage.metrics import peak_signal_noise_ratio
+
+    a, b = photo(40, 50), np.roll(photo(40, 50), 2, axis=0)
+    scores = images.image_scores(a, b)
+    assert scores["psnr"] == pytest.approx(peak_signal_noise_ratio(a / 255.0, b / 255.0, data_range=1), abs=1e-9)
+    assert scores["mse"] == pytest.approx(np.mean((a / 255.0 - b / 255.0) ** 2), rel=1e-12)
+    assert scores["ssim"] == pytest.approx(structural_similarity(a / 255.0, b / 255.0, win_size=7, channel_axis=-1, data_range=1.0), abs=1e-12)

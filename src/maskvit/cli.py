@@ -437,8 +437,29 @@ def demo(
     console.print(f"outputs in {output}/: *_panel.png (original | masked | reconstructed), demo.json")
 
 
+def _quiet_tensorflow() -> None:
+    """Import TensorFlow with stderr closed: its C++ start-up lines (oneDNN, CUDA probing on a
+    machine without a GPU) ignore TF_CPP_MIN_LOG_LEVEL. MASKVIT_TF_LOGS=1 shows them."""
+    if os.environ.get("MASKVIT_TF_LOGS"):
+        return
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()  # the CUDA probe, while stderr is closed
+    except Exception:
+        pass  # a broken install shows its error again at the real import, with stderr back
+    finally:
+        os.dup2(saved, 2)
+        os.close(devnull)
+        os.close(saved)
+
+
 def main() -> None:
     """Console entry point: user errors are one line; nothing ends in a bare traceback."""
+    if len(sys.argv) > 1 and not {"--help", "-h"} & set(sys.argv):
+        _quiet_tensorflow()
     try:
         code = app(standalone_mode=False)  # returns the exit code of --help and typer.Exit
     except MaskvitError as e:
