@@ -94,3 +94,28 @@ def test_fast_recipe_trains_mae_in_mixed_precision(fake_archive, tmp_path, cli):
     lrs = record["history"]["lr"]
     assert lrs[0] < lrs[1]  # linear warm-up over the first epoch
     assert isinstance(models.load(tmp_path / "mae_mixed50_final.keras"), models.MAE)
+
+
+def test_bug_shows_short_message_and_traceback_log(cli, monkeypatch, tmp_path):
+    from maskvit import data
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated bug")
+
+    monkeypatch.setattr(data, "load_split", broken)
+    code, out, err = cli("train", "--epochs", "1", "--output", tmp_path)
+    assert code == 1 and "unexpected RuntimeError: simulated bug" in err and len(err.strip().splitlines()) == 1
+    log = err.strip().split("traceback in ")[1].rstrip(")")
+    assert "Traceback" in open(log).read() and "simulated bug" in open(log).read()
+
+
+def test_demo_runs_with_the_shipped_model(cli, tmp_path):
+    """The README's main job: shipped model, packaged pictures, no download."""
+    assert models.DEFAULT_MODEL.exists(), "the shipped model is missing from saved_models/"
+    code, out, err = cli("demo", "--output", tmp_path)
+    assert code == 0, err
+    result = json.loads((tmp_path / "demo.json").read_text())
+    assert len(result["pictures"]) == 9 and [r["strategy"] for r in result["cifar10_sample"]] == ["random", "row", "column"]
+    assert (tmp_path / "chelsea_cat_row50_panel.png").exists()
+    # The shipped model must beat filling the hole with the visible mean by a wide margin.
+    assert all(r["psnr"]["mean"] > 20 for r in result["cifar10_sample"])

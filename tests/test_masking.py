@@ -73,3 +73,16 @@ def test_mixed_masks_vary_per_call_but_hide_one_count_per_batch():
     assert min(counts) >= 16 and max(counts) <= 48 and len(counts) > 3  # ratios within 0.5 +- 0.25
     with pytest.raises(MaskvitError, match="score a model with random, row or column"):
         masking.hidden_count("mixed", 0.5)
+
+
+@pytest.mark.parametrize("ratio", [0.3, 0.5, 0.7])
+def test_block_hides_exact_count_in_contiguous_blocks(ratio):
+    masks = masking.make_masks("block", ratio, 300, [1, 1]).numpy()
+    assert (masks.sum(axis=1) == round(ratio * 64)).all()
+
+    def neighbour_rate(m):  # how often a hidden patch has a hidden right or lower neighbour
+        g = m.reshape(-1, 8, 8)
+        pairs = (g[:, :, :-1] & g[:, :, 1:]).sum() + (g[:, :-1, :] & g[:, 1:, :]).sum()
+        return pairs / g.sum()
+
+    assert neighbour_rate(masks) > neighbour_rate(masking.make_masks("random", ratio, 300, [1, 1]).numpy()) + 0.15

@@ -91,3 +91,29 @@ def test_study_commands_reject_bad_input(args, message, cli, tmp_path, monkeypat
     monkeypatch.chdir(tmp_path)
     code, out, err = cli(*args, *(["--data", "sample"] if args[0] != "evaluate" else []))
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_importance_masks_follow_the_scorer_gradients():
+    images = sample(12)
+    net = models.build("mae", depth=1, decoder_depth=1)
+    scores = evaluate.importance_scores(net, images, seed=0, batch_size=5)
+    assert scores.shape == (12, 64) and (scores >= 0).all() and scores.std() > 0
+    np.testing.assert_allclose(scores, evaluate.importance_scores(net, images, seed=0), rtol=1e-4, atol=1e-9)  # batch-size free
+    least = evaluate.masks_for("importance", 0.3, images, 0, scorer=net)
+    most = evaluate.masks_for("importance-most", 0.3, images, 0, scorer=net)
+    assert (least.sum(axis=1) == 19).all() and (most.sum(axis=1) == 19).all()
+    for i in range(12):  # every hidden patch is less important than every visible one (and vice versa)
+        assert scores[i][least[i]].max() <= scores[i][~least[i]].min()
+        assert scores[i][most[i]].min() >= scores[i][~most[i]].max()
+    rows = evaluate.grid({"vit": net, "mean": "mean"}, images, ["importance"], [0.3, 0.5])
+    assert len(rows) == 4 and rows[0]["effective_ratio"] == 19 / 64
+
+
+def test_importance_is_not_a_training_mask(fake_archive, tmp_path):
+    from maskvit import train
+    from maskvit.errors import MaskvitError
+
+    with pytest.raises(MaskvitError, match="for evaluate and compare"):
+        train.train(train.TrainConfig(mask="importance", data=str(fake_archive), output=str(tmp_path)))
+    with pytest.raises(MaskvitError, match="need a model"):
+        evaluate.cell({"mean": "mean"}, sample(4), "importance", 0.5)

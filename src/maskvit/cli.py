@@ -29,7 +29,7 @@ console = Console(width=None if sys.stdout.isatty() else 130)  # logs and pipes 
 err_console = Console(stderr=True)
 
 DATA_HELP = "CIFAR-10 python archive (.tar.gz) or its extracted folder; 'sample' for the embedded test images. Default: $MASKVIT_DATA, else download."
-MaskOpt = typer.Option("random", "--mask", help="Masking strategy: random, row, column, or (training) mixed: one of the three per batch at ratio +-0.25.")
+MaskOpt = typer.Option("random", "--mask", help="Masking strategy: random, row, column, block, or (training) mixed: random, row or column per batch at ratio +-0.25.")
 RatioOpt = typer.Option(0.5, "--ratio", help="Fraction of patches hidden, strictly between 0 and 1.")
 DataOpt = typer.Option(None, "--data", help=DATA_HELP)
 SeedOpt = typer.Option(0, "--seed", help="Seed for masks, shuffling and initialisation.")
@@ -132,7 +132,9 @@ def train(
 
 
 GridOpt = typer.Option(False, "--grid", help="Every strategy x ratio in --strategies and --ratios instead of one --mask/--ratio.")
-StrategiesOpt = typer.Option("random,row,column", "--strategies", help="Comma-separated strategies for --grid.")
+StrategiesOpt = typer.Option("random,row,column,block,importance", "--strategies",
+                             help="Comma-separated strategies for --grid (also: importance-most).")
+ScorerOpt = typer.Option(None, "--scorer", help="Model whose patch importance sets the importance masks (default: the first model).")
 RatiosOpt = typer.Option("0.3,0.5,0.7", "--ratios", help="Comma-separated ratios for --grid.")
 LimitOpt = typer.Option(None, "--limit", help="Score the first N test images only.")
 
@@ -156,19 +158,19 @@ def _test_images(data: Optional[str], limit: Optional[int]):
     return data_mod.load_split("test", data)[0][:limit]
 
 
-def _run_grid(methods: dict, images, strategies, ratios, seed) -> list[dict]:
+def _run_grid(methods: dict, images, strategies, ratios, seed, scorer=None) -> list[dict]:
     from rich.progress import Progress
 
     from .evaluate import grid
 
     with Progress(console=console, transient=True) as bar:
         task = bar.add_task(f"scoring {len(methods)} method(s) on {len(images)} images", total=len(strategies) * len(ratios))
-        return grid(methods, images, strategies, ratios, seed, on_cell=lambda s, r: bar.advance(task))
+        return grid(methods, images, strategies, ratios, seed, on_cell=lambda s, r: bar.advance(task), scorer=scorer)
 
 
 @app.command()
 def evaluate(
-    model_path: Path = typer.Argument(..., metavar="MODEL", help="A .keras file written by maskvit train."),
+    model_path: Optional[Path] = typer.Argument(None, metavar="[MODEL]", help="A .keras file written by maskvit train (default: the shipped model)."),
     mask: str = MaskOpt,
     ratio: float = RatioOpt,
     grid: bool = GridOpt,
@@ -177,6 +179,7 @@ def evaluate(
     limit: Optional[int] = LimitOpt,
     seed: int = SeedOpt,
     data: Optional[str] = DataOpt,
+    scorer: Optional[Path] = ScorerOpt,
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the results to this JSON file."),
     csv_path: Optional[Path] = typer.Option(None, "--csv", help="Also write the results to this CSV file."),
 ):
@@ -186,10 +189,11 @@ def evaluate(
     from .files import write_json, write_text
 
     cells = _cells(grid, mask, ratio, strategies, ratios)
+    model_path = model_path or models.DEFAULT_MODEL
     net = models.load(model_path)
     images = _test_images(data, limit)
     t0 = time.perf_counter()
-    rows = _run_grid({model_path.stem: net}, images, *cells, seed)
+    rows = _run_grid({model_path.stem: net}, images, *cells, seed, scorer and models.load(scorer))
     console.print(_metrics_table(f"{model_path.name} on CIFAR-10 test", rows))
     console.print(f"{len(rows)} cell(s) in {time.perf_counter() - t0:.1f}s")
     if json_path:
@@ -229,11 +233,13 @@ def compare(
     limit: Optional[int] = LimitOpt,
     seed: int = SeedOpt,
     data: Optional[str] = DataOpt,
+    scorer: Optional[Path] = ScorerOpt,
     output: Path = typer.Option(Path("results"), "--output", help="Results folder: compare.json/.csv, bar charts, summary.md."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the JSON here."),
 ):
     """Models against classical inpainting on identical masks, with paired 95% CIs."""
     from . import figures
+    from .models import load as load_model
     from .evaluate import add_baseline_differences, csv_text, public
     from .files import ensure_folder, write_json, write_text
 
@@ -243,7 +249,7 @@ def compare(
     folder = ensure_folder(output)
     images = _test_images(data, limit)
     t0 = time.perf_counter()
-    rows = _run_grid(methods, images, *cells, seed)
+    rows = _run_grid(methods, images, *cells, seed, scorer and load_model(scorer))
     add_baseline_differences(rows)
     seconds = time.perf_counter() - t0
     console.print(_metrics_table("comparison on CIFAR-10 test", rows))
@@ -274,9 +280,8 @@ def visualize(
     """PNG figures: original / masked / reconstructed examples per strategy and ratio,
     metric-vs-ratio curves, and training curves."""
     from . import baselines as baselines_mod
-    from . import data as data_mod
     from . import figures, masking
-    from .evaluate import reconstruct
+    from .evaluate import masks_for, reconstruct
     from .files import ensure_folder
 
     strategy_list, ratio_list = _cells(True, "", 0, strategies, ratios)
@@ -288,7 +293,7 @@ def visualize(
     written = []
     for strategy in strategy_list:
         for ratio in ratio_list:
-            masks = data_mod.fixed_masks(strategy, ratio, len(images), seed)
+            masks = masks_for(strategy, ratio, images, seed, scorer=next(iter(nets.values())))
             originals = images.astype(np.float32) / 255.0
             masked = np.where(masking.pixel_mask(masks).numpy(), 0.5, originals)
             recons = {name: reconstruct(net, images, masks) for name, net in nets.items()}

@@ -141,6 +141,7 @@ def load_split(split: str, data: str | None = None) -> tuple[np.ndarray, np.ndar
 # Seed streams: each random choice gets its own stream, so changing how masks are drawn never
 # changes the image order, and validation/evaluation masks never collide with training ones.
 SHUFFLE_STREAM, TRAIN_MASK_STREAM, VAL_MASK_STREAM, EVAL_MASK_STREAM = range(4)
+IMPORTANCE_STREAM = -1  # negative: apart from every step * 4 + stream above
 
 
 def _scale(images_u8):

@@ -7,9 +7,11 @@ hidden ones. The formulas are skimage's, vectorised over images (tests check equ
 from __future__ import annotations
 
 import numpy as np
+import tensorflow as tf
 from scipy import ndimage, stats
 
-from . import baselines, data, masking
+from . import baselines, data, masking, models
+from .errors import MaskvitError
 
 SSIM_WIN, K1, K2 = 7, 0.01, 0.03
 METRICS = ("mse", "psnr", "ssim", "masked_mse", "masked_psnr")
@@ -69,10 +71,59 @@ def reconstruct(model, images_u8: np.ndarray, masks: np.ndarray, batch_size: int
     return np.concatenate(out)
 
 
-def cell(methods: dict, images_u8: np.ndarray, strategy: str, ratio: float, seed: int = 0, batch_size: int = data.EVAL_BATCH) -> list[dict]:
+IMPORTANCE_PROBES = 4  # 50% masks (two random ones and their complements) averaged into one map
+
+
+def importance_scores(model, images_u8: np.ndarray, seed: int = 0, batch_size: int = 250) -> np.ndarray:
+    """Patch importance [N,64]: mean |d loss / d input patch| of the model's reconstruction loss,
+    averaged over IMPORTANCE_PROBES 50% masks: random ones and their complements, so every patch
+    is visible in exactly half of them (hidden inputs get no gradient). Batched and vectorised."""
+
+    n, half_probes = len(images_u8), IMPORTANCE_PROBES // 2
+    # Drawn for all images at once, so the scores do not depend on the batch size.
+    half = data.fixed_masks("random", 0.5, n * half_probes, seed, data.IMPORTANCE_STREAM).reshape(half_probes, n, -1)
+    probes = np.concatenate([half, ~half])  # [P,N,64]
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 32, 32, 3], tf.float32), tf.TensorSpec([IMPORTANCE_PROBES, None, 64], tf.bool)])
+    def score(x, probe_masks):
+        b = tf.shape(x)[0]
+        masks = tf.reshape(probe_masks, [-1, masking.N_PATCHES])  # probe-major [P*B,64]
+        xs = tf.tile(x, [IMPORTANCE_PROBES, 1, 1, 1])
+        with tf.GradientTape() as tape:
+            tape.watch(xs)
+            loss = models.masked_mse(xs, model((xs, masks), training=False), masks)
+        grad = tf.reduce_mean(tf.abs(masking.patchify(tape.gradient(loss, xs))), axis=-1)  # [P*B,64]
+        grad = tf.reshape(grad, [IMPORTANCE_PROBES, b, masking.N_PATCHES])
+        return tf.reduce_mean(tf.where(~probe_masks, grad, 0.0), axis=0) * 2.0  # each patch visible in half the probes
+
+    out = [score(tf.cast(images_u8[i : i + batch_size], tf.float32) / 255.0, probes[:, i : i + batch_size]).numpy()
+           for i in range(0, n, batch_size)]
+    return np.concatenate(out)
+
+
+def masks_for(strategy: str, ratio: float, images_u8: np.ndarray, seed: int, scorer=None, scores=None) -> np.ndarray:
+    """The cell's masks: seeded, or for importance strategies ranked by the scorer model
+    (pass precomputed `scores` to reuse them across ratios)."""
+    if strategy not in masking.SCORED:
+        return data.fixed_masks(strategy, ratio, len(images_u8), seed)
+    if scores is None:
+        if scorer is None:
+            raise MaskvitError(f"{strategy} masks need a model to score patch importance")
+        scores = importance_scores(scorer, images_u8, seed)
+    return masking.from_scores(scores, masking.hidden_count(strategy, ratio), most=strategy == "importance-most").numpy()
+
+
+def first_model(methods: dict):
+    return next((m for m in methods.values() if not isinstance(m, str)), None)
+
+
+def cell(methods: dict, images_u8: np.ndarray, strategy: str, ratio: float, seed: int = 0, batch_size: int = data.EVAL_BATCH,
+         scorer=None, scores=None) -> list[dict]:
     """Score each method ({name: model or baseline name}) on one (strategy, ratio): the same
-    seeded masks for all. Rows hold summaries, plus per-image values under "per_image" for paired tests."""
-    masks = data.fixed_masks(strategy, ratio, len(images_u8), seed)
+    masks for all (importance masks come from `scorer`, by default the first model). Rows hold
+    summaries, plus per-image values under "per_image" for paired tests."""
+    scorer = scorer or first_model(methods)
+    masks = masks_for(strategy, ratio, images_u8, seed, scorer, scores)
     originals = images_u8.astype(np.float32) / 255.0
     rows = []
     for name, method in methods.items():
@@ -107,23 +158,24 @@ def paired_difference(a: np.ndarray, b: np.ndarray) -> dict:
 
 
 def parse_list(text: str, kind=float) -> list:
-    from .errors import MaskvitError
-
     try:
         return [kind(item) for item in text.replace(" ", ",").split(",") if item]
     except ValueError:
         raise MaskvitError(f"cannot read {text!r} as a comma-separated list") from None
 
 
-def grid(methods: dict, images_u8: np.ndarray, strategies: list[str], ratios: list[float], seed: int = 0, on_cell=None) -> list[dict]:
+def grid(methods: dict, images_u8: np.ndarray, strategies: list[str], ratios: list[float], seed: int = 0, on_cell=None,
+         scorer=None) -> list[dict]:
     """Every (strategy, ratio) cell for every method, on identical masks within a cell."""
     for strategy in strategies:
         for ratio in ratios:
             masking.check(strategy, ratio)
+    scorer = scorer or first_model(methods)
+    scores = importance_scores(scorer, images_u8, seed) if scorer is not None and set(strategies) & set(masking.SCORED) else None
     rows = []
     for strategy in strategies:
         for ratio in ratios:
-            rows += cell(methods, images_u8, strategy, ratio, seed)
+            rows += cell(methods, images_u8, strategy, ratio, seed, scorer=scorer, scores=scores)
             if on_cell:
                 on_cell(strategy, ratio)
     return rows

@@ -18,7 +18,9 @@ IMAGE, PATCH = 32, 4
 GRID = IMAGE // PATCH  # 8 patches per side
 N_PATCHES = GRID * GRID  # 64
 PATCH_DIM = PATCH * PATCH * 3  # 48
-STRATEGIES = ("random", "row", "column", "mixed")
+STRATEGIES = ("random", "row", "column", "block", "mixed", "importance", "importance-most")
+SCORED = ("importance", "importance-most")  # need a model's patch importance: see evaluate.importance_masks
+BLOCK_CANDIDATES = 24  # rectangles drawn per image for "block"; enough to cover 63 patches
 MIX_SPREAD = 0.25  # "mixed" draws each batch's ratio from [ratio - 0.25, ratio + 0.25]
 
 
@@ -90,12 +92,21 @@ def make_masks(strategy: str, ratio: float, n, seed) -> tf.Tensor:
     seed is a pair of ints (or an int32 [2] tensor): stateless, so the same seed gives every
     model in a comparison the same masks, and a resumed run the same masks it would have had."""
     check(strategy, ratio)
+    if strategy in SCORED:
+        raise MaskvitError(f"{strategy} masks come from a model's patch importance; use them in evaluate or compare")
     seed = tf.cast(seed, tf.int64)
     if strategy == "mixed":
         return _mixed(ratio, n, seed)
     if strategy == "random":
         return _random(n, seed, hidden_count(strategy, ratio))
+    if strategy == "block":
+        return _blocks(n, seed, hidden_count(strategy, ratio))
     return _lines(strategy, n, seed, hidden_lines(ratio))
+
+
+def from_scores(scores, k: int, most: bool = False):
+    """Hide the k patches with the lowest scores (the highest with most=True). scores: [n,64]."""
+    return _lowest_k(-scores if most else scores, k)
 
 
 def _random(n, seed, k):
@@ -106,6 +117,25 @@ def _lines(strategy, n, seed, k):
     lines = _lowest_k(tf.random.stateless_uniform([n, GRID], seed=seed), k)  # [n, 8]
     grid = lines[:, :, None] if strategy == "row" else lines[:, None, :]
     return tf.reshape(tf.broadcast_to(grid, [n, GRID, GRID]), [n, N_PATCHES])
+
+
+def _blocks(n, seed, k: int):
+    """BEiT/SimMIM-style: rectangles of patches (sides 1..4) are laid one after another, and
+    the k patches covered first are hidden -- the union of the first rectangles, the last one
+    cut to make the count exact. Vectorised: no loop over images or rectangles."""
+    s_size, s_pos, s_tie = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+    m = BLOCK_CANDIDATES
+    size = tf.random.stateless_uniform([n, m, 2], seed=s_size, minval=1, maxval=5, dtype=tf.int32)  # height, width
+    corner = tf.cast(tf.random.stateless_uniform([n, m, 2], seed=s_pos) * tf.cast(GRID - size + 1, tf.float32), tf.int32)
+    ys, xs = tf.range(GRID)[None, None, :, None], tf.range(GRID)[None, None, None, :]
+    inside = ((ys >= corner[..., 0, None, None]) & (ys < (corner[..., 0] + size[..., 0])[..., None, None])
+              & (xs >= corner[..., 1, None, None]) & (xs < (corner[..., 1] + size[..., 1])[..., None, None]))  # [n,m,8,8]
+    inside = tf.reshape(inside, [n, m, N_PATCHES])
+    # Priority of a patch: the index of the first rectangle covering it (m if none), plus a random
+    # fraction so ties inside the last rectangle are cut at random.
+    first = tf.where(tf.reduce_any(inside, axis=1), tf.argmax(tf.cast(inside, tf.int32), axis=1, output_type=tf.int32), m)
+    priority = tf.cast(first, tf.float32) + tf.random.stateless_uniform([n, N_PATCHES], seed=s_tie)
+    return _lowest_k(priority, k)
 
 
 def _mixed(ratio: float, n, seed):

@@ -57,6 +57,8 @@ class TrainConfig:
         if self.recipe not in RECIPES:
             raise MaskvitError(f"unknown recipe {self.recipe!r}; choose one of {', '.join(RECIPES)}")
         masking.check(self.mask, self.ratio)
+        if self.mask in masking.SCORED:
+            raise MaskvitError(f"--mask {self.mask} is for evaluate and compare; train with random, row, column, block or mixed")
         if self.model not in models.MODELS:
             raise MaskvitError(f"unknown model {self.model!r}; choose one of {', '.join(models.MODELS)}")
         if self.precision not in ("float32", "bfloat16"):
