@@ -91,7 +91,8 @@ def importance_scores(model, images_u8: np.ndarray, seed: int = 0, batch_size: i
         xs = tf.tile(x, [IMPORTANCE_PROBES, 1, 1, 1])
         with tf.GradientTape() as tape:
             tape.watch(xs)
-            loss = models.masked_mse(xs, model((xs, masks), training=False), masks)
+            # Scaled by the number of images, so each image's gradient does not depend on the batch size.
+            loss = models.masked_mse(xs, model((xs, masks), training=False), masks) * tf.cast(tf.shape(xs)[0], tf.float32)
         grad = tf.reduce_mean(tf.abs(masking.patchify(tape.gradient(loss, xs))), axis=-1)  # [P*B,64]
         grad = tf.reshape(grad, [IMPORTANCE_PROBES, b, masking.N_PATCHES])
         return tf.reduce_mean(tf.where(~probe_masks, grad, 0.0), axis=0) * 2.0  # each patch visible in half the probes
