@@ -56,6 +56,8 @@ def test_evaluate_on_embedded_sample(tmp_path, cli):
     (["train", "--epochs", "-1"], "--epochs must be at least 1"),
     (["train", "--batch-size", "0"], "--batch-size must be at least 1"),
     (["train", "--recipe", "magic"], "unknown recipe"),
+    (["train", "--name", "../escape"], "--name must be a plain file prefix"),
+    (["train", "--mask", "importance"], "for evaluate and compare"),
     (["train", "--data", "/nonexistent/cifar.tar.gz"], "no such file or folder"),
     (["evaluate", "/nonexistent/model.keras"], "no such model file"),
     (["evaluate", "MODEL_TEXT"], "not a Keras model file"),
@@ -119,3 +121,15 @@ def test_demo_runs_with_the_shipped_model(cli, tmp_path):
     assert (tmp_path / "chelsea_cat_row50_panel.png").exists()
     # The shipped model must beat filling the hole with the visible mean by a wide margin.
     assert all(r["psnr"]["mean"] > 20 for r in result["cifar10_sample"])
+
+
+def test_data_folder_with_a_batch_missing(cli, tmp_path):
+    from conftest import cifar_members
+
+    for name, payload in cifar_members().items():
+        if not name.endswith("data_batch_4"):
+            (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / name).write_bytes(payload)
+    code, out, err = cli("train", "--epochs", "1", "--data", tmp_path, "--output", tmp_path / "out")
+    assert code == 2 and "data_batch_4: missing" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out" / "seed_random50_run.json").exists()

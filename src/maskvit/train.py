@@ -20,9 +20,10 @@ from .errors import MaskvitError
 from .files import atomic_path, ensure_folder, write_json
 
 # The recipes, with the model, batch size and precision each uses unless told otherwise.
-# "seed" is the reference notebook's. "fast" is measured best for a short budget on a CPU:
-# the mae model (encoder on visible patches) under bf16 mixed precision, AdamW with a linear
-# warm-up then cosine decay to 10% of the peak rate (decaying to zero cost quality in short runs).
+# "seed" is the reference notebook's. "fast" is for short budgets on a CPU: the mae model
+# (encoder on visible patches) under bf16 mixed precision -- the fastest combination measured
+# here (benchmarks/bench.py) -- with AdamW, a linear warm-up, then cosine decay to 10% of the
+# peak rate rather than to zero (a prototype lost ~0.9 dB decaying to zero in a short run).
 RECIPES = {
     "seed": dict(model="seed", batch_size=128, precision="float32", optimizer="adam", lr=1e-3,
                  plateau_factor=0.5, plateau_patience=3, min_lr=1e-4),
@@ -68,6 +69,8 @@ class TrainConfig:
                 raise MaskvitError(f"--{field.replace('_', '-')} must be at least {low}, got {getattr(self, field)}")
         if self.limit is not None and self.limit < 1:
             raise MaskvitError(f"--limit must be at least 1, got {self.limit}")
+        if self.name is not None and (not self.name or Path(self.name).name != self.name or self.name.startswith(".")):
+            raise MaskvitError(f"--name must be a plain file prefix, got {self.name!r}; use --output for the folder")
 
     @property
     def prefix(self) -> str:
