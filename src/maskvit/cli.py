@@ -132,18 +132,20 @@ def train(
 
 
 GridOpt = typer.Option(False, "--grid", help="Every strategy x ratio in --strategies and --ratios instead of one --mask/--ratio.")
-StrategiesOpt = typer.Option("random,row,column,block,importance", "--strategies",
-                             help="Comma-separated strategies for --grid (also: importance-most).")
+StrategiesOpt = typer.Option(None, "--strategies",
+                             help="Comma-separated strategies for --grid; default random,row,column,block,importance (also: importance-most).")
 ScorerOpt = typer.Option(None, "--scorer", help="Model whose patch importance sets the importance masks (default: the first model).")
-RatiosOpt = typer.Option("0.3,0.5,0.7", "--ratios", help="Comma-separated ratios for --grid.")
+RatiosOpt = typer.Option(None, "--ratios", help="Comma-separated ratios for --grid; default 0.3,0.5,0.7.")
 LimitOpt = typer.Option(None, "--limit", help="Score the first N test images only.")
 
 
-def _cells(grid: bool, mask: str, ratio: float, strategies: str, ratios: str) -> tuple[list[str], list[float]]:
+def _cells(grid: bool, mask: str, ratio: float, strategies: Optional[str], ratios: Optional[str]) -> tuple[list[str], list[float]]:
     from . import masking
-    from .evaluate import parse_list
+    from .evaluate import GRID_RATIOS, GRID_STRATEGIES, parse_list
 
-    cells = (parse_list(strategies, str), parse_list(ratios)) if grid else ([mask], [ratio])
+    strategy_list = parse_list(strategies, str) if strategies else list(GRID_STRATEGIES)
+    ratio_list = parse_list(ratios) if ratios else list(GRID_RATIOS)
+    cells = (strategy_list, ratio_list) if grid else ([mask], [ratio])
     for s in cells[0]:
         for r in cells[1]:
             masking.check(s, r)

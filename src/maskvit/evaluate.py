@@ -14,6 +14,8 @@ from . import baselines, data, masking, models
 from .errors import MaskvitError
 
 SSIM_WIN, K1, K2 = 7, 0.01, 0.03
+GRID_STRATEGIES = ("random", "row", "column", "block", "importance")
+GRID_RATIOS = (0.3, 0.5, 0.7)
 METRICS = ("mse", "psnr", "ssim", "masked_mse", "masked_psnr")
 
 
