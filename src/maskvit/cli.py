@@ -195,7 +195,7 @@ def evaluate(
     net = models.load(model_path)
     images = _test_images(data, limit)
     t0 = time.perf_counter()
-    rows = _run_grid({model_path.stem: net}, images, *cells, seed, scorer and models.load(scorer))
+    rows = _run_grid({model_path.resolve().stem: net}, images, *cells, seed, scorer and models.load(scorer))
     console.print(_metrics_table(f"{model_path.name} on CIFAR-10 test", rows))
     console.print(f"{len(rows)} cell(s) in {time.perf_counter() - t0:.1f}s")
     if json_path:
@@ -207,7 +207,8 @@ def evaluate(
 
 
 def _methods(model_paths: Optional[list[Path]], baselines: str) -> tuple[list[Path], dict, list[str]]:
-    """Model files (default: the shipped one) loaded and named by file stem, and checked baseline names."""
+    """Model files (default: the shipped model and the autoencoder shipped beside it) loaded and
+    named by file stem, and checked baseline names."""
     from . import baselines as baselines_mod
     from . import models
     from .evaluate import parse_list
@@ -216,8 +217,8 @@ def _methods(model_paths: Optional[list[Path]], baselines: str) -> tuple[list[Pa
     for b in chosen:
         if b not in baselines_mod.BASELINES:
             raise MaskvitError(f"unknown baseline {b!r}; choose from {', '.join(baselines_mod.BASELINES)}")
-    paths = model_paths or [models.DEFAULT_MODEL]
-    nets = {p.stem: models.load(p) for p in paths}
+    paths = model_paths or [models.DEFAULT_MODEL] + [p for p in [models.DEFAULT_AUTOENCODER] if p.exists()]
+    nets = {p.resolve().stem: models.load(p) for p in paths}
     if len(nets) != len(paths):
         raise MaskvitError("two models share a file name; rename one so the results can tell them apart")
     return paths, nets, chosen
@@ -225,7 +226,7 @@ def _methods(model_paths: Optional[list[Path]], baselines: str) -> tuple[list[Pa
 
 @app.command()
 def compare(
-    model_paths: Optional[list[Path]] = typer.Argument(None, metavar="[MODEL]...", help="Model files (default: the shipped model)."),
+    model_paths: Optional[list[Path]] = typer.Argument(None, metavar="[MODEL]...", help="Model files (default: the shipped model and autoencoder)."),
     mask: str = MaskOpt,
     ratio: float = RatioOpt,
     grid: bool = GridOpt,

@@ -22,6 +22,7 @@ PACKAGE = "maskvit"
 # The shipped model: saved_models/ holds the file, the package a link to it, so both a checkout
 # and an installed wheel find it.
 DEFAULT_MODEL = Path(__file__).parent / "assets" / "default.keras"
+DEFAULT_AUTOENCODER = Path(__file__).parent / "assets" / "autoencoder.keras"  # the baseline trained beside it
 
 
 def masked_mse(images, predicted, mask):
