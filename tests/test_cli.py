@@ -133,3 +133,8 @@ def test_data_folder_with_a_batch_missing(cli, tmp_path):
     code, out, err = cli("train", "--epochs", "1", "--data", tmp_path, "--output", tmp_path / "out")
     assert code == 2 and "data_batch_4: missing" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out" / "seed_random50_run.json").exists()
+
+
+def test_bare_command_shows_help(cli):
+    code, out, err = cli()
+    assert code == 0 and "Commands:" in out and "reconstruct" in out and err == ""

@@ -466,7 +466,9 @@ def _quiet_tensorflow() -> None:
 
 def main() -> None:
     """Console entry point: user errors are one line; nothing ends in a bare traceback."""
-    if len(sys.argv) > 1 and not {"--help", "-h"} & set(sys.argv):
+    if len(sys.argv) == 1:
+        sys.argv.append("--help")  # a bare `maskvit` shows its help, not an error
+    if not {"--help", "-h"} & set(sys.argv):
         _quiet_tensorflow()
     try:
         code = app(standalone_mode=False)  # returns the exit code of --help and typer.Exit
