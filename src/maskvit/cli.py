@@ -365,7 +365,8 @@ def _reconstruct_files(net, paths: list[Path], mask: str, ratio: float, seed: in
                 task = bar.add_task(f"{path.name}", total=None)
                 masked, recon = images.reconstruct_image(net, rgb, mask, ratio, seed, on_batch=lambda done, total: bar.update(task, completed=done, total=total))
                 bar.remove_task(task)
-                panel_path, recon_path = output / f"{path.stem}_{mask}{round(ratio * 100)}_panel.png", output / f"{path.stem}_{mask}{round(ratio * 100)}_reconstructed.png"
+                stem = f"{path.stem}_{mask}{round(ratio * 100)}"
+                panel_path, recon_path = output / f"{stem}_panel.png", output / f"{stem}_reconstructed.png"
                 gap = np.full((rgb.shape[0], max(2, rgb.shape[1] // 64), 3), 255, np.uint8)
                 images.save_png(panel_path, np.concatenate([rgb, gap, masked, gap, recon], axis=1))
                 images.save_png(recon_path, recon)

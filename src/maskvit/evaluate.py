@@ -24,12 +24,9 @@ def _psnr(mse):
         return 10 * np.log10(1.0 / mse)
 
 
-def ssim(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Per-image SSIM of [N,32,32,3] arrays: skimage's structural_similarity(win_size=7,
-    channel_axis=-1, data_range=1.0) -- uniform 7x7 window, sample covariance, mean over the
-    valid interior and then over channels -- for all images at once."""
-    a, b = a.astype(np.float64), b.astype(np.float64)
-    size = (1, SSIM_WIN, SSIM_WIN, 1)  # filter the two image axes only, as skimage does per channel
+def ssim_map(a: np.ndarray, b: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
+    """skimage's SSIM map for float64 arrays in [0,1] (data_range 1): uniform window of `size`
+    (1 on axes not to filter), sample covariance, reflection at the borders. Not yet cropped."""
 
     def f(x):
         return ndimage.uniform_filter(x, size=size)
@@ -39,7 +36,15 @@ def ssim(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     vx, vy = cov_norm * (f(a * a) - ux * ux), cov_norm * (f(b * b) - uy * uy)
     vxy = cov_norm * (f(a * b) - ux * uy)
     c1, c2 = K1**2, K2**2
-    s = (2 * ux * uy + c1) * (2 * vxy + c2) / ((ux**2 + uy**2 + c1) * (vx + vy + c2))
+    return (2 * ux * uy + c1) * (2 * vxy + c2) / ((ux**2 + uy**2 + c1) * (vx + vy + c2))
+
+
+def ssim(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-image SSIM of [N,32,32,3] arrays: skimage's structural_similarity(win_size=7,
+    channel_axis=-1, data_range=1.0) -- uniform 7x7 window, sample covariance, mean over the
+    valid interior and then over channels -- for all images at once."""
+    # Filter the two image axes only, as skimage does per channel.
+    s = ssim_map(a.astype(np.float64), b.astype(np.float64), (1, SSIM_WIN, SSIM_WIN, 1))
     pad = (SSIM_WIN - 1) // 2
     return s[:, pad:-pad, pad:-pad, :].mean(axis=(1, 2, 3))
 

@@ -8,14 +8,12 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
-from scipy import ndimage
 
 from . import masking
 from .errors import MaskvitError
-from .evaluate import K1, K2, SSIM_WIN
+from .evaluate import SSIM_WIN, ssim_map
 
 TILE = masking.IMAGE
-SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 
 
 def read_rgb(path) -> np.ndarray:
@@ -75,16 +73,11 @@ def ssim_large(a: np.ndarray, b: np.ndarray, strip: int = 256) -> float:
     if min(a.shape[:2]) < SSIM_WIN:
         return float("nan")  # skimage refuses images smaller than its window
     pad = (SSIM_WIN - 1) // 2
-    cov_norm = SSIM_WIN**2 / (SSIM_WIN**2 - 1)
     total, count = 0.0, 0
     for r0 in range(pad, h - pad, strip):
         r1 = min(r0 + strip, h - pad)
         lo, hi = max(r0 - 2 * pad, 0), min(r1 + 2 * pad, h)  # filter inputs need 3 more rows beyond the margin
-        x, y = a[lo:hi].astype(np.float64) / 255.0, b[lo:hi].astype(np.float64) / 255.0
-        f = lambda z: ndimage.uniform_filter(z, size=(SSIM_WIN, SSIM_WIN, 1))  # noqa: E731
-        ux, uy = f(x), f(y)
-        vx, vy, vxy = cov_norm * (f(x * x) - ux * ux), cov_norm * (f(y * y) - uy * uy), cov_norm * (f(x * y) - ux * uy)
-        s = (2 * ux * uy + K1**2) * (2 * vxy + K2**2) / ((ux**2 + uy**2 + K1**2) * (vx + vy + K2**2))
+        s = ssim_map(a[lo:hi].astype(np.float64) / 255.0, b[lo:hi].astype(np.float64) / 255.0, (SSIM_WIN, SSIM_WIN, 1))
         s = s[r0 - lo : r1 - lo, pad:-pad]
         total, count = total + s.sum(), count + s.size
     return total / count
