@@ -196,8 +196,12 @@ MODELS = {"seed": SeedViT, "mae": MAE, "autoencoder": ConvAutoencoder}
 def build(name: str, **hparams) -> MaskedModel:
     if name not in MODELS:
         raise MaskvitError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
-    model = MODELS[name](**hparams)
-    model((tf.zeros([1, 32, 32, 3]), tf.zeros([1, N_PATCHES], tf.bool)))  # create the weights
+    return _with_weights(MODELS[name](**hparams))
+
+
+def _with_weights(model: MaskedModel) -> MaskedModel:
+    """Call the model once on a dummy batch: Keras creates the weights on first call."""
+    model((tf.zeros([1, IMAGE, IMAGE, 3]), tf.zeros([1, N_PATCHES], tf.bool)))
     return model
 
 
@@ -222,7 +226,6 @@ def load(path=None, compile: bool = False) -> MaskedModel:
 
 def as_float32(model: MaskedModel) -> MaskedModel:
     """The same weights in a model that computes in float32."""
-    fresh = type(model)(name=model.name, **model.hparams)
-    fresh((tf.zeros([1, IMAGE, IMAGE, 3]), tf.zeros([1, N_PATCHES], tf.bool)))
+    fresh = _with_weights(type(model)(name=model.name, **model.hparams))
     fresh.set_weights(model.get_weights())
     return fresh
