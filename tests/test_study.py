@@ -7,7 +7,7 @@ import pytest
 from skimage.metrics import peak_signal_noise_ratio
 from skimage.restoration import inpaint_biharmonic
 
-from maskvit import baselines, data, evaluate, masking, models
+from maskvit import baselines, data, evaluate, importance, masking, models
 
 
 def sample(n):
@@ -96,9 +96,9 @@ def test_study_commands_reject_bad_input(args, message, cli, tmp_path, monkeypat
 def test_importance_masks_follow_the_scorer_gradients():
     images = sample(12)
     net = models.build("mae", depth=1, decoder_depth=1)
-    scores = evaluate.importance_scores(net, images, seed=0, batch_size=5)
+    scores = importance.scores(net, images, seed=0, batch_size=5)
     assert scores.shape == (12, 64) and (scores >= 0).all() and scores.std() > 0
-    np.testing.assert_allclose(scores, evaluate.importance_scores(net, images, seed=0), rtol=1e-4, atol=1e-9)  # batch-size free
+    np.testing.assert_allclose(scores, importance.scores(net, images, seed=0), rtol=1e-4, atol=1e-9)  # batch-size free
     least = evaluate.masks_for("importance", 0.3, images, 0, scorer=net)
     most = evaluate.masks_for("importance-most", 0.3, images, 0, scorer=net)
     assert (least.sum(axis=1) == 19).all() and (most.sum(axis=1) == 19).all()
@@ -109,11 +109,42 @@ def test_importance_masks_follow_the_scorer_gradients():
     assert len(rows) == 4 and rows[0]["effective_ratio"] == 19 / 64
 
 
-def test_importance_is_not_a_training_mask(fake_archive, tmp_path):
-    from maskvit import train
+def test_importance_training_steps_use_the_importance_masks_of_the_current_weights():
+    import tensorflow as tf
+
+    net = models.build("mae", depth=1, decoder_depth=1)
+    net.compile(optimizer="adam")
+    x = tf.constant(sample(6) / 255.0, tf.float32)
+    probe = tf.constant(data.fixed_masks("random", 0.5, 6, 3))
+    net.remask = importance.masker(net, "importance", 0.3)
+    expected = masking.from_scores(importance.probe_scores(net, x, tf.stack([probe, ~probe])), 19)
+    assert (expected.numpy().sum(axis=1) == 19).all() and not np.array_equal(expected, probe)
+    loss = float(net.test_step(((x, probe), x))["loss"])
+    assert loss == pytest.approx(float(models.masked_mse(x, net((x, expected)), expected)), rel=1e-5)
+    assert loss != pytest.approx(float(models.masked_mse(x, net((x, probe)), probe)), rel=1e-3)
+    before = [w.numpy().copy() for w in net.trainable_weights]
+    net.train_step(((x, probe), x))  # the training step applies the same hook, then updates the weights
+    assert any(not np.array_equal(a, w.numpy()) for a, w in zip(before, net.trainable_weights))
+
+
+def test_train_with_importance_masks_from_itself_or_a_scorer(cli, fake_archive, tmp_path):
+    common = ["--model", "mae", "--epochs", "1", "--batch-size", "16", "--val-size", "40", "--data", fake_archive, "--output", tmp_path]
+    code, out, err = cli("train", "--mask", "importance", "--ratio", "0.3", *common)
+    assert code == 0, err
+    record = json.loads((tmp_path / "mae_importance30_run.json").read_text())
+    assert record["effective_ratio"] == 19 / 64 and record["config"]["scorer"] is None
+    scorer = tmp_path / "mae_importance30_final.keras"
+    code, out, err = cli("train", "--mask", "importance-most", "--scorer", scorer, *common)
+    assert code == 0, err
+    assert json.loads((tmp_path / "mae_importance-most50_run.json").read_text())["config"]["scorer"] == str(scorer)
+    code, out, err = cli("train", "--mask", "row", "--scorer", scorer, *common)
+    assert code == 2 and "--scorer ranks patches for importance masks" in err
+    code, out, err = cli("train", "--mask", "importance", "--scorer", tmp_path / "none.keras", *common)
+    assert code == 2 and "no such model file" in err
+
+
+def test_importance_masks_need_a_scorer_in_evaluate():
     from maskvit.errors import MaskvitError
 
-    with pytest.raises(MaskvitError, match="for evaluate and compare"):
-        train.train(train.TrainConfig(mask="importance", data=str(fake_archive), output=str(tmp_path)))
     with pytest.raises(MaskvitError, match="need a model"):
         evaluate.cell({"mean": "mean"}, sample(4), "importance", 0.5)

@@ -29,7 +29,7 @@ console = Console(width=None if sys.stdout.isatty() else 130)  # logs and pipes 
 err_console = Console(stderr=True)
 
 DATA_HELP = "CIFAR-10 python archive (.tar.gz) or its extracted folder; 'sample' for the embedded test images. Default: $MASKVIT_DATA, else download."
-MaskOpt = typer.Option("random", "--mask", help="Masking strategy: random, row, column, block, or (training) mixed: random, row or column per batch at ratio +-0.25.")
+MaskOpt = typer.Option("random", "--mask", help="Masking strategy: random, row, column, block, importance / importance-most (the least / most important patches by a model's loss gradients; see --scorer), or (training) mixed: random, row or column per batch at ratio +-0.25.")
 RatioOpt = typer.Option(0.5, "--ratio", help="Fraction of patches hidden, strictly between 0 and 1.")
 DataOpt = typer.Option(None, "--data", help=DATA_HELP)
 SeedOpt = typer.Option(0, "--seed", help="Seed for masks, shuffling and initialisation.")
@@ -117,12 +117,14 @@ def train(
     name: Optional[str] = typer.Option(None, "--name", help="File prefix (default <model>_<mask><ratio%>)."),
     precision: Optional[str] = typer.Option(None, "--precision", help="float32 or bfloat16 (mixed precision; default: the recipe's)."),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue an interrupted run of the same settings in --output (default), or start over."),
+    scorer: Optional[Path] = typer.Option(None, "--scorer", help="With --mask importance(-most): the model that ranks patches (default: the model being trained, at every step)."),
 ):
     """Train a model; writes <prefix>_best.keras, <prefix>_final.keras and <prefix>_run.json."""
     from .train import TrainConfig, train as run
 
     config = TrainConfig(model=model, mask=mask, ratio=ratio, epochs=epochs, batch_size=batch_size, recipe=recipe,
-                         val_size=val_size, limit=limit, seed=seed, data=data, output=str(output), name=name, resume=resume, precision=precision)
+                         val_size=val_size, limit=limit, seed=seed, data=data, output=str(output), name=name, resume=resume, precision=precision,
+                         scorer=scorer and str(scorer))
     config.check()
     record = run(config, progress=_progress_callback())
     if record.get("resumed_at_epochs"):

@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 from scipy import ndimage, stats
 
-from . import baselines, data, masking, models
+from . import baselines, data, importance, masking
 from .errors import MaskvitError
 
 SSIM_WIN, K1, K2 = 7, 0.01, 0.03
@@ -78,37 +78,6 @@ def reconstruct(model, images_u8: np.ndarray, masks: np.ndarray, batch_size: int
     return np.concatenate(out)
 
 
-IMPORTANCE_PROBES = 4  # 50% masks (two random ones and their complements) averaged into one map
-
-
-def importance_scores(model, images_u8: np.ndarray, seed: int = 0, batch_size: int = 250) -> np.ndarray:
-    """Patch importance [N,64]: mean |d loss / d input patch| of the model's reconstruction loss,
-    averaged over IMPORTANCE_PROBES 50% masks: random ones and their complements, so every patch
-    is visible in exactly half of them (hidden inputs get no gradient). Batched and vectorised."""
-
-    n, half_probes = len(images_u8), IMPORTANCE_PROBES // 2
-    # Drawn for all images at once, so the scores do not depend on the batch size.
-    half = data.fixed_masks("random", 0.5, n * half_probes, seed, data.IMPORTANCE_STREAM).reshape(half_probes, n, -1)
-    probes = np.concatenate([half, ~half])  # [P,N,64]
-
-    @tf.function(input_signature=[tf.TensorSpec([None, 32, 32, 3], tf.float32), tf.TensorSpec([IMPORTANCE_PROBES, None, 64], tf.bool)])
-    def score(x, probe_masks):
-        b = tf.shape(x)[0]
-        masks = tf.reshape(probe_masks, [-1, masking.N_PATCHES])  # probe-major [P*B,64]
-        xs = tf.tile(x, [IMPORTANCE_PROBES, 1, 1, 1])
-        with tf.GradientTape() as tape:
-            tape.watch(xs)
-            # Scaled by the number of images, so each image's gradient does not depend on the batch size.
-            loss = models.masked_mse(xs, model((xs, masks), training=False), masks) * tf.cast(tf.shape(xs)[0], tf.float32)
-        grad = tf.reduce_mean(tf.abs(masking.patchify(tape.gradient(loss, xs))), axis=-1)  # [P*B,64]
-        grad = tf.reshape(grad, [IMPORTANCE_PROBES, b, masking.N_PATCHES])
-        return tf.reduce_mean(tf.where(~probe_masks, grad, 0.0), axis=0) * 2.0  # each patch visible in half the probes
-
-    out = [score(tf.cast(images_u8[i : i + batch_size], tf.float32) / 255.0, probes[:, i : i + batch_size]).numpy()
-           for i in range(0, n, batch_size)]
-    return np.concatenate(out)
-
-
 def masks_for(strategy: str, ratio: float, images_u8: np.ndarray, seed: int, scorer=None, scores=None) -> np.ndarray:
     """The cell's masks: seeded, or for importance strategies ranked by the scorer model
     (pass precomputed `scores` to reuse them across ratios)."""
@@ -117,7 +86,7 @@ def masks_for(strategy: str, ratio: float, images_u8: np.ndarray, seed: int, sco
     if scores is None:
         if scorer is None:
             raise MaskvitError(f"{strategy} masks need a model to score patch importance")
-        scores = importance_scores(scorer, images_u8, seed)
+        scores = importance.scores(scorer, images_u8, seed)
     return masking.from_scores(scores, masking.hidden_count(strategy, ratio), most=strategy == "importance-most").numpy()
 
 
@@ -179,7 +148,7 @@ def grid(methods: dict, images_u8: np.ndarray, strategies: list[str], ratios: li
         for ratio in ratios:
             masking.check(strategy, ratio)
     scorer = scorer or first_model(methods)
-    scores = importance_scores(scorer, images_u8, seed) if scorer is not None and set(strategies) & set(masking.SCORED) else None
+    scores = importance.scores(scorer, images_u8, seed) if scorer is not None and set(strategies) & set(masking.SCORED) else None
     rows = []
     for strategy in strategies:
         for ratio in ratios:

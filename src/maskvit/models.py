@@ -60,6 +60,23 @@ class Block(keras.layers.Layer):
 class MaskedModel(keras.Model):
     """Shared by all models: the loss is MSE on hidden pixels, whatever the architecture."""
 
+    # Set by a trainer to choose each batch's masks in the step itself, from the batch and its
+    # pipeline mask: (images, mask) -> mask. Importance masks need this, since they depend on
+    # weights that change every step. Not saved with the model.
+    remask = None
+
+    def train_step(self, data):
+        return super().train_step(self._remasked(data))
+
+    def test_step(self, data):
+        return super().test_step(self._remasked(data))
+
+    def _remasked(self, data):
+        if self.remask is None:
+            return data
+        (images, mask), target = data
+        return (images, tf.stop_gradient(self.remask(images, mask))), target
+
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         return masked_mse(y, y_pred, x[1])
 

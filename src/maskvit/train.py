@@ -15,7 +15,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from . import data, masking, models
+from . import data, importance, masking, models
 from .errors import MaskvitError
 from .files import atomic_path, ensure_folder, write_json
 
@@ -48,6 +48,7 @@ class TrainConfig:
     name: str | None = None  # file prefix; default <model>_<mask><ratio%>
     resume: bool = True  # continue an interrupted run of the same config in the same folder
     precision: str | None = None  # float32 | bfloat16 (mixed: bf16 compute, fp32 weights); None: the recipe's
+    scorer: str | None = None  # importance masks: model file that ranks patches; None: the model being trained
 
     def __post_init__(self):
         for field in ("model", "batch_size", "precision"):
@@ -58,8 +59,8 @@ class TrainConfig:
         if self.recipe not in RECIPES:
             raise MaskvitError(f"unknown recipe {self.recipe!r}; choose one of {', '.join(RECIPES)}")
         masking.check(self.mask, self.ratio)
-        if self.mask in masking.SCORED:
-            raise MaskvitError(f"--mask {self.mask} is for evaluate and compare; train with random, row, column, block or mixed")
+        if self.scorer is not None and self.mask not in masking.SCORED:
+            raise MaskvitError(f"--scorer ranks patches for importance masks; it has no use with --mask {self.mask}")
         if self.model not in models.MODELS:
             raise MaskvitError(f"unknown model {self.model!r}; choose one of {', '.join(models.MODELS)}")
         if self.precision not in ("float32", "bfloat16"):
@@ -237,6 +238,7 @@ def train(config: TrainConfig, progress: keras.callbacks.Callback | None = None)
     """Train one model, continuing an interrupted run of the same config unless config.resume is
     False; returns the run record (also written as <prefix>_run.json)."""
     config.check()
+    scorer = models.load(config.scorer) if config.scorer else None
     folder = ensure_folder(config.output)
     previous = unfinished_run(folder, config) if config.resume else None
     images, _ = data.load_split("train", config.data)
@@ -244,8 +246,10 @@ def train(config: TrainConfig, progress: keras.callbacks.Callback | None = None)
     keras.utils.set_random_seed(config.seed)
 
     start = previous["resume"]["epoch"] if previous else 0
-    ds, steps = data.train_pipeline(train_images, config.batch_size, config.mask, config.ratio, config.seed, start_epoch=start)
-    val_masks = data.fixed_masks(config.mask, config.ratio, len(val_images), config.seed, data.VAL_MASK_STREAM)
+    scored = config.mask in masking.SCORED  # the pipeline then draws the probe masks the step ranks patches with
+    mask, ratio = ("random", 0.5) if scored else (config.mask, config.ratio)
+    ds, steps = data.train_pipeline(train_images, config.batch_size, mask, ratio, config.seed, start_epoch=start)
+    val_masks = data.fixed_masks(mask, ratio, len(val_images), config.seed, data.VAL_MASK_STREAM)
     val_ds = data.eval_pipeline(val_images, val_masks, data.EVAL_BATCH)
     if previous:
         model = models.load(previous["resume"]["path"], compile=True)  # weights and optimizer state
@@ -267,6 +271,8 @@ def train(config: TrainConfig, progress: keras.callbacks.Callback | None = None)
             "parameters": model.count_params(),
             "hardware": f"{platform.machine()}, {os.cpu_count()} CPUs, tensorflow {tf.__version__}, keras {keras.__version__}",
         }
+    if scored:  # validation too: the loss on the masks being trained for
+        model.remask = importance.masker(scorer or model, config.mask, config.ratio)
     plateau = None
     if config.recipe == "seed":
         r = RECIPES["seed"]
