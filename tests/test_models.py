@@ -7,7 +7,7 @@ from maskvit import masking, models
 from maskvit.errors import MaskvitError
 
 
-@pytest.fixture(scope="module", params=["seed", "mae", "autoencoder"])
+@pytest.fixture(scope="module", params=["seed", "mae", "autoencoder", "autoencoder-dropout"])
 def model(request):
     keras.utils.set_random_seed(0)
     return models.build(request.param)
@@ -44,6 +44,21 @@ def test_masked_mse_counts_hidden_pixels_only():
     images, mask = batch(2)
     predicted = masking.composite(images, images + 0.5, mask)  # error 0.5 on hidden pixels only
     assert float(models.masked_mse(images, predicted, mask)) == pytest.approx(0.25, rel=1e-5)
+
+
+def test_dropout_autoencoder_trains_as_a_denoiser_on_whole_images():
+    from maskvit.train import rng_state, set_rng_state
+
+    net = models.build("autoencoder-dropout")
+    images, mask = batch()
+    state = rng_state(net)
+    noisy = net((images, mask), training=True).numpy()
+    set_rng_state(net, state)  # the same pixel noise again, with another patch mask: the mask is ignored
+    np.testing.assert_array_equal(noisy, net((images, ~mask), training=True).numpy())
+    assert not np.allclose(noisy, net((images, tf.zeros_like(mask)), training=False).numpy(), atol=1e-4)  # noise is applied
+    predicted = images * 0.0 + 0.5
+    expected = float(tf.reduce_mean(tf.square(images - 0.5)))  # every pixel counts, not only hidden ones
+    assert float(net.compute_loss((images, mask), images, predicted)) == pytest.approx(expected, rel=1e-6)
 
 
 def test_save_load_round_trip(model, tmp_path):

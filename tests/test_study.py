@@ -148,3 +148,13 @@ def test_importance_masks_need_a_scorer_in_evaluate():
 
     with pytest.raises(MaskvitError, match="need a model"):
         evaluate.cell({"mean": "mean"}, sample(4), "importance", 0.5)
+
+
+def test_raw_scoring_counts_the_models_errors_on_visible_patches_too():
+    images = sample(8)
+    net = models.build("autoencoder")
+    composite, raw = (evaluate.cell({"ae": net, "mean": "mean"}, images, "random", 0.5, raw=r) for r in (False, True))
+    assert composite[0]["scored"] == "composite" and raw[0]["scored"] == "output" and raw[1]["scored"] == "composite"
+    assert raw[0]["mse"]["mean"] > composite[0]["mse"]["mean"] + 1e-4  # plus the errors on visible pixels
+    assert raw[0]["masked_mse"]["mean"] == pytest.approx(composite[0]["masked_mse"]["mean"], rel=1e-6)
+    assert raw[1]["psnr"] == composite[1]["psnr"]  # baselines are always composites

@@ -96,14 +96,15 @@ def _metrics_table(title: str, rows: list[dict]) -> Table:
             d = r.get("vs_best_baseline")
             cells.append(f"{d['psnr']['mean']:+.2f} [{d['psnr']['ci95'][0]:+.2f}, {d['psnr']['ci95'][1]:+.2f}] {d['baseline']}" if d else "")
         table.add_row(*cells)
-    table.caption = ("mean ± half-width of the 95% confidence interval over images; composite images; masked = hidden pixels only"
+    scored = "whole model output (--raw)" if any(r.get("scored") == "output" for r in rows) else "composite images"
+    table.caption = (f"mean ± half-width of the 95% confidence interval over images; {scored}; masked = hidden pixels only"
                      + ("; Δ: paired difference, [95% CI]" if diffs else ""))
     return table
 
 
 @app.command()
 def train(
-    model: Optional[str] = typer.Option(None, "--model", help="Default: the recipe's (seed: seed, fast: mae). Model preset: seed (reference ViT), mae (encoder on visible patches) or autoencoder (the seed's conv autoencoder)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Default: the recipe's (seed: seed, fast: mae). Model preset: seed (reference ViT), mae (encoder on visible patches) autoencoder (the seed's conv autoencoder, on zero-filled patches) or autoencoder-dropout (the seed's original: a denoiser trained on 50% per-pixel dropout noise)."),
     mask: str = MaskOpt,
     ratio: float = RatioOpt,
     epochs: int = typer.Option(20, "--epochs", help="Training epochs."),
@@ -162,14 +163,14 @@ def _test_images(data: Optional[str], limit: Optional[int]):
     return data_mod.load_split("test", data)[0][:limit]
 
 
-def _run_grid(methods: dict, images, strategies, ratios, seed, scorer=None) -> list[dict]:
+def _run_grid(methods: dict, images, strategies, ratios, seed, scorer=None, raw=False) -> list[dict]:
     from rich.progress import Progress
 
     from .evaluate import grid
 
     with Progress(console=console, transient=True) as bar:
         task = bar.add_task(f"scoring {len(methods)} method(s) on {len(images)} images", total=len(strategies) * len(ratios))
-        return grid(methods, images, strategies, ratios, seed, on_cell=lambda s, r: bar.advance(task), scorer=scorer)
+        return grid(methods, images, strategies, ratios, seed, on_cell=lambda s, r: bar.advance(task), scorer=scorer, raw=raw)
 
 
 @app.command()
@@ -186,6 +187,7 @@ def evaluate(
     scorer: Optional[Path] = ScorerOpt,
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the results to this JSON file."),
     csv_path: Optional[Path] = typer.Option(None, "--csv", help="Also write the results to this CSV file."),
+    raw: bool = typer.Option(False, "--raw", help="Score the model's whole output instead of the composite (visible patches taken from the original), as the seed notebook scored its autoencoder."),
 ):
     """Score a model on the test set: composite-image MSE/PSNR/SSIM and masked-region MSE/PSNR."""
     from . import models
@@ -197,7 +199,7 @@ def evaluate(
     net = models.load(model_path)
     images = _test_images(data, limit)
     t0 = time.perf_counter()
-    rows = _run_grid({model_path.resolve().stem: net}, images, *cells, seed, scorer and models.load(scorer))
+    rows = _run_grid({model_path.resolve().stem: net}, images, *cells, seed, scorer and models.load(scorer), raw)
     console.print(_metrics_table(f"{model_path.name} on CIFAR-10 test", rows))
     console.print(f"{len(rows)} cell(s) in {time.perf_counter() - t0:.1f}s")
     if json_path:

@@ -72,9 +72,11 @@ def summarize(values: np.ndarray) -> dict:
     return {"mean": mean, "ci95": [mean - half, mean + half]}
 
 
-def reconstruct(model, images_u8: np.ndarray, masks: np.ndarray, batch_size: int = data.EVAL_BATCH) -> np.ndarray:
-    """Composite reconstructions [N,32,32,3] float32: visible patches original, hidden predicted."""
-    out = [model.reconstruct(x, m).numpy() for (x, m), _ in data.eval_pipeline(images_u8, masks, batch_size)]
+def reconstruct(model, images_u8: np.ndarray, masks: np.ndarray, batch_size: int = data.EVAL_BATCH, raw: bool = False) -> np.ndarray:
+    """Composite reconstructions [N,32,32,3] float32: visible patches original, hidden predicted
+    (raw=True: the model's whole output, visible patches included)."""
+    out = [(model((x, m), training=False) if raw else model.reconstruct(x, m)).numpy()
+           for (x, m), _ in data.eval_pipeline(images_u8, masks, batch_size)]
     return np.concatenate(out)
 
 
@@ -95,7 +97,7 @@ def first_model(methods: dict):
 
 
 def cell(methods: dict, images_u8: np.ndarray, strategy: str, ratio: float, seed: int = 0, batch_size: int = data.EVAL_BATCH,
-         scorer=None, scores=None) -> list[dict]:
+         scorer=None, scores=None, raw: bool = False) -> list[dict]:
     """Score each method ({name: model or baseline name}) on one (strategy, ratio): the same
     masks for all (importance masks come from `scorer`, by default the first model). Rows hold
     summaries, plus per-image values under "per_image" for paired tests."""
@@ -107,7 +109,7 @@ def cell(methods: dict, images_u8: np.ndarray, strategy: str, ratio: float, seed
         if isinstance(method, str):
             recon = baselines.fill(method, originals, masks)
         else:
-            recon = reconstruct(method, images_u8, masks, batch_size)
+            recon = reconstruct(method, images_u8, masks, batch_size, raw)
         per_image = image_metrics(originals, recon, masks)
         rows.append({
             "method": name,
@@ -116,6 +118,7 @@ def cell(methods: dict, images_u8: np.ndarray, strategy: str, ratio: float, seed
             "effective_ratio": masking.effective_ratio(strategy, ratio),
             "n_images": len(images_u8),
             "seed": seed,
+            "scored": "output" if raw and not isinstance(method, str) else "composite",
             **{k: summarize(v) for k, v in per_image.items()},
             "per_image": per_image,
         })
@@ -142,7 +145,7 @@ def parse_list(text: str, kind=float) -> list:
 
 
 def grid(methods: dict, images_u8: np.ndarray, strategies: list[str], ratios: list[float], seed: int = 0, on_cell=None,
-         scorer=None) -> list[dict]:
+         scorer=None, raw: bool = False) -> list[dict]:
     """Every (strategy, ratio) cell for every method, on identical masks within a cell."""
     for strategy in strategies:
         for ratio in ratios:
@@ -152,7 +155,7 @@ def grid(methods: dict, images_u8: np.ndarray, strategies: list[str], ratios: li
     rows = []
     for strategy in strategies:
         for ratio in ratios:
-            rows += cell(methods, images_u8, strategy, ratio, seed, scorer=scorer, scores=scores)
+            rows += cell(methods, images_u8, strategy, ratio, seed, scorer=scorer, scores=scores, raw=raw)
             if on_cell:
                 on_cell(strategy, ratio)
     return rows
@@ -176,7 +179,7 @@ def public(rows: list[dict]) -> list[dict]:
 
 
 def csv_text(rows: list[dict]) -> str:
-    head = ["method", "strategy", "ratio", "effective_ratio", "n_images", "seed"]
+    head = ["method", "strategy", "ratio", "effective_ratio", "n_images", "seed", "scored"]
     cols = head + [f"{m}_{part}" for m in METRICS for part in ("mean", "ci_low", "ci_high")]
     lines = [",".join(cols)]
     for r in rows:

@@ -207,7 +207,33 @@ class ConvAutoencoder(MaskedModel):
         return self.head(x)
 
 
-MODELS = {"seed": SeedViT, "mae": MAE, "autoencoder": ConvAutoencoder}
+@keras.saving.register_keras_serializable(PACKAGE)
+class DropoutAutoencoder(ConvAutoencoder):
+    """The seed notebook's original autoencoder: the same network trained as a denoiser, on whole
+    images whose pixels are each zeroed with probability pixel_dropout (the batch's patch mask is
+    ignored in training), with MSE over all pixels. At inference it gets the zero-filled masked
+    image like every other model, so it is scored on the same masks."""
+
+    DEFAULTS = dict(bottleneck=128, pixel_dropout=0.5)
+
+    def __init__(self, name=None, **hparams):
+        super().__init__(name=name or "autoencoder_dropout", **hparams)
+        # A Dropout layer only for its seeded keep/drop draw (its RNG state is saved on resume);
+        # the kept pixels are not rescaled, so training inputs look like zero-filled test inputs.
+        self.noise = keras.layers.Dropout(self.hparams["pixel_dropout"])
+
+    def call(self, inputs, training=False):
+        images, mask = inputs
+        if training:
+            keep = self.noise(tf.ones_like(images[..., :1]), training=True) > 0  # [B,32,32,1] per pixel
+            images, mask = tf.where(keep, images, 0.0), tf.zeros_like(mask)
+        return super().call((images, mask), training=training)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        return tf.reduce_mean(tf.square(tf.cast(y_pred, tf.float32) - y))
+
+
+MODELS = {"seed": SeedViT, "mae": MAE, "autoencoder": ConvAutoencoder, "autoencoder-dropout": DropoutAutoencoder}
 
 
 def build(name: str, **hparams) -> MaskedModel:

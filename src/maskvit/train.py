@@ -34,7 +34,7 @@ RECIPES = {
 
 @dataclass
 class TrainConfig:
-    model: str | None = None  # seed | mae | autoencoder; None: the recipe's
+    model: str | None = None  # seed | mae | autoencoder | autoencoder-dropout; None: the recipe's
     mask: str = "random"  # masking strategy used in training
     ratio: float = 0.5  # fraction of patches hidden
     epochs: int = 20
