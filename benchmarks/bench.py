@@ -1,21 +1,27 @@
 """maskvit benchmarks: print measured numbers for the machine this runs on; assert nothing.
 
-    python benchmarks/bench.py --data PATH [--skip-eval] [--target-epochs 10]
+    python benchmarks/bench.py --data PATH [--skip-eval] [--target-epochs 10] [--workers]
 
 1. Training throughput (images/s, median of timed windows after warm-up) of the seed and mae
    presets through maskvit's real pipeline (tf.data masks + Keras fit), beside a plain
    tf.function training step of the seed model on in-memory tensors, in the same run.
 2. Evaluation throughput of `evaluate --grid` (5 strategies x 3 ratios, all metrics) on the test set.
 3. Wall time from the start of training to PSNR >= 22.75 dB on the full test set at random 50%.
+4. (--workers) `maskvit train` as one process and as two tf.distribute workers on 127.0.0.1
+   (MultiWorkerMirroredStrategy), same global batch: training images/s of the whole cluster.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
+import socket
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -88,6 +94,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=None, help="CIFAR-10 archive or folder (default: $MASKVIT_DATA)")
     parser.add_argument("--skip-eval", action="store_true")
+    parser.add_argument("--workers", action="store_true", help="also time 1 process vs 2 local tf.distribute workers")
     parser.add_argument("--target-epochs", type=int, default=0,
                         help="also train the fast recipe (random 50%% masks) for this many epochs, timing PSNR >= 22.75 dB")
     args = parser.parse_args()
@@ -114,6 +121,8 @@ def main():
 
     if args.target_epochs:
         time_to_target(args, test_images)
+    if args.workers:
+        workers_rate(args)
 
 
 def time_to_target(args, test_images, target=22.75):
@@ -138,6 +147,34 @@ def time_to_target(args, test_images, target=22.75):
                 self.model.stop_training = True
 
     train.train(config, progress=Probe())
+
+
+def workers_rate(args, limit=10_000, epochs=3):
+    """The fast recipe on `limit` images for `epochs` epochs, as 1 process and as 2 workers; the
+    chief's run JSON gives images/s over the epochs after the first (graph tracing)."""
+    print(f"\n# tf.distribute: fast recipe (mae, bf16, global batch 256), {limit} images, {epochs} epochs, images/s after epoch 1")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    common = ["--recipe", "fast", "--epochs", str(epochs), "--limit", str(limit), "--no-resume", *(["--data", args.data] if args.data else [])]
+    for n in (1, 2):
+        out = tempfile.mkdtemp(prefix="maskvit-workers-")
+        sockets = [socket.create_server(("127.0.0.1", 0)) for _ in range(n)]
+        cluster = [f"127.0.0.1:{s.getsockname()[1]}" for s in sockets]
+        for s in sockets:
+            s.close()
+        procs = []
+        for index in range(n):
+            extra = ["--strategy", "multiworker"] if n > 1 else []
+            tf_config = {"TF_CONFIG": json.dumps({"cluster": {"worker": cluster}, "task": {"type": "worker", "index": index}})} if n > 1 else {}
+            procs.append(subprocess.Popen([sys.executable, "-m", "maskvit", "train", *common, *extra, "--output", out],
+                                          env={**env, **tf_config}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+        t0 = time.perf_counter()
+        errors = [p.communicate()[1] for p in procs]
+        if any(p.returncode for p in procs):
+            print(f"{n} worker(s): failed: {' | '.join(e.strip() for e in errors)}")
+            continue
+        record = json.loads(open(os.path.join(out, "mae_random50_run.json")).read())
+        print(f"{n} process(es) on {os.cpu_count()} shared CPUs: {record['train_images_per_second']:6.0f} images/s, "
+              f"{time.perf_counter() - t0:.0f} s wall including start-up")
 
 
 if __name__ == "__main__":

@@ -57,14 +57,16 @@ def test_evaluate_on_embedded_sample(tmp_path, cli):
     (["train", "--batch-size", "0"], "--batch-size must be at least 1"),
     (["train", "--recipe", "magic"], "unknown recipe"),
     (["train", "--name", "../escape"], "--name must be a plain file prefix"),
-    (["train", "--mask", "importance"], "for evaluate and compare"),
+    (["train", "--scorer", "x.keras"], "--scorer ranks patches for importance masks"),
+    (["train", "--strategy", "ring"], "unknown distribution strategy 'ring'"),
     (["train", "--data", "/nonexistent/cifar.tar.gz"], "no such file or folder"),
     (["evaluate", "/nonexistent/model.keras"], "no such model file"),
     (["evaluate", "MODEL_TEXT"], "not a Keras model file"),
     (["evaluate", "MODEL_TEXT", "--mask", "zigzag"], "unknown mask strategy"),
     (["frobnicate"], "No such command"),
 ])
-def test_bad_input_is_one_line_and_nonzero(args, message, tmp_path, cli):
+def test_bad_input_is_one_line_and_nonzero(args, message, tmp_path, cli, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # should a case ever be accepted, it trains there, not in the checkout
     text_model = tmp_path / "model.keras"
     text_model.write_text("not a model")
     args = [str(text_model) if a == "MODEL_TEXT" else a for a in args]

@@ -119,17 +119,21 @@ def train(
     precision: Optional[str] = typer.Option(None, "--precision", help="float32 or bfloat16 (mixed precision; default: the recipe's)."),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue an interrupted run of the same settings in --output (default), or start over."),
     scorer: Optional[Path] = typer.Option(None, "--scorer", help="With --mask importance(-most): the model that ranks patches (default: the model being trained, at every step)."),
+    strategy: str = typer.Option("default", "--strategy", help="default: one device; mirrored: every local GPU (or the CPU); multiworker: the cluster in TF_CONFIG. --batch-size is the global batch."),
 ):
     """Train a model; writes <prefix>_best.keras, <prefix>_final.keras and <prefix>_run.json."""
     from .train import TrainConfig, train as run
 
     config = TrainConfig(model=model, mask=mask, ratio=ratio, epochs=epochs, batch_size=batch_size, recipe=recipe,
                          val_size=val_size, limit=limit, seed=seed, data=data, output=str(output), name=name, resume=resume, precision=precision,
-                         scorer=scorer and str(scorer))
+                         scorer=scorer and str(scorer), strategy=strategy)
     config.check()
     record = run(config, progress=_progress_callback())
     if record.get("resumed_at_epochs"):
         console.print(f"resumed an interrupted run after epoch {record['resumed_at_epochs'][-1]}")
+    if not record["chief"]:
+        console.print(f"worker done: the chief writes the models and the run record in {config.output}")
+        return
     console.print(f"best model (epoch {record['best']['epoch']}, val_loss {record['best']['val_loss']:.5f}): {record['best']['path']}")
     console.print(f"final model: {record['final']}   {record['train_images_per_second']:.0f} training images/s")
 
@@ -493,6 +497,7 @@ def main() -> None:
         fd, log = tempfile.mkstemp(prefix="maskvit-error-", suffix=".log")
         with os.fdopen(fd, "w") as f:
             traceback.print_exc(file=f)
-        err_console.print(f"error: unexpected {type(e).__name__}: {e} (traceback in {log})", markup=False, highlight=False, soft_wrap=True)
+        first = (str(e).splitlines() or [""])[0][:300]  # TensorFlow errors can span pages
+        err_console.print(f"error: unexpected {type(e).__name__}: {first} (traceback in {log})", markup=False, highlight=False, soft_wrap=True)
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)

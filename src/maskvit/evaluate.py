@@ -7,7 +7,6 @@ hidden ones. The formulas are skimage's, vectorised over images (tests check equ
 from __future__ import annotations
 
 import numpy as np
-import tensorflow as tf
 from scipy import ndimage, stats
 
 from . import baselines, data, importance, masking

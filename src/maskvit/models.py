@@ -15,6 +15,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
+from . import distribute
 from .errors import MaskvitError
 from .masking import IMAGE, N_PATCHES, PATCH_DIM, composite, patchify, pixel_mask, unpatchify
 
@@ -66,10 +67,25 @@ class MaskedModel(keras.Model):
     remask = None
 
     def train_step(self, data):
-        return super().train_step(self._remasked(data))
+        return self._logs(super().train_step(self._remasked(data)))
 
     def test_step(self, data):
-        return super().test_step(self._remasked(data))
+        return self._logs(super().test_step(self._remasked(data)))
+
+    @staticmethod
+    def _logs(logs: dict) -> dict:
+        """Keras averages each replica's logs over the replicas, but across workers it reduces them
+        on axis 0 (keras-team/keras#20585), which a scalar lacks: give each one that axis."""
+        if not distribute.multi_worker(tf.distribute.get_strategy()):
+            return logs
+        return {key: value[None] for key, value in logs.items()}
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras builds lazily from a batch reduced over replicas, which fails under
+        # MultiWorkerMirroredStrategy (keras-team/keras#20585). Our models are built when made
+        # and the trainer builds the optimizer, so there is nothing left to build.
+        if not (self.built and (self.optimizer is None or self.optimizer.built)):
+            super()._maybe_symbolic_build(iterator, data_batch)
 
     def _remasked(self, data):
         if self.remask is None:
@@ -78,6 +94,11 @@ class MaskedModel(keras.Model):
         return (images, tf.stop_gradient(self.remask(images, mask))), target
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        # Under tf.distribute the replicas' gradients are summed, so each replica contributes
+        # its share of the mean (what Keras's own losses do).
+        return self.objective(x, y, y_pred) / tf.distribute.get_strategy().num_replicas_in_sync
+
+    def objective(self, x, y, y_pred):
         return masked_mse(y, y_pred, x[1])
 
     @tf.function(input_signature=[tf.TensorSpec([None, IMAGE, IMAGE, 3], tf.float32), tf.TensorSpec([None, N_PATCHES], tf.bool)])
@@ -163,7 +184,7 @@ class MAE(MaskedModel):
     @staticmethod
     def keep_visible(tokens, mask):
         order = tf.argsort(tf.cast(mask, tf.int32), axis=1, stable=True)  # visible first [B,64]
-        n_visible = N_PATCHES - tf.reduce_sum(tf.cast(mask[0], tf.int32))
+        n_visible = N_PATCHES - tf.reduce_sum(tf.cast(mask[:1], tf.int32))  # [:1]: a replica's batch may be empty
         return tf.gather(tokens, order[:, :n_visible], batch_dims=1), tf.argsort(order, axis=1)
 
     def encode(self, h, training):
@@ -229,7 +250,7 @@ class DropoutAutoencoder(ConvAutoencoder):
             images, mask = tf.where(keep, images, 0.0), tf.zeros_like(mask)
         return super().call((images, mask), training=training)
 
-    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+    def objective(self, x, y, y_pred):
         return tf.reduce_mean(tf.square(tf.cast(y_pred, tf.float32) - y))
 
 

@@ -15,7 +15,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from . import data, importance, masking, models
+from . import data, distribute, importance, masking, models
 from .errors import MaskvitError
 from .files import atomic_path, ensure_folder, write_json
 
@@ -49,6 +49,7 @@ class TrainConfig:
     resume: bool = True  # continue an interrupted run of the same config in the same folder
     precision: str | None = None  # float32 | bfloat16 (mixed: bf16 compute, fp32 weights); None: the recipe's
     scorer: str | None = None  # importance masks: model file that ranks patches; None: the model being trained
+    strategy: str = "default"  # default | mirrored (local devices) | multiworker (TF_CONFIG); batch_size is global
 
     def __post_init__(self):
         for field in ("model", "batch_size", "precision"):
@@ -63,6 +64,8 @@ class TrainConfig:
             raise MaskvitError(f"--scorer ranks patches for importance masks; it has no use with --mask {self.mask}")
         if self.model not in models.MODELS:
             raise MaskvitError(f"unknown model {self.model!r}; choose one of {', '.join(models.MODELS)}")
+        if self.strategy not in distribute.STRATEGIES:
+            raise MaskvitError(f"unknown distribution strategy {self.strategy!r}; choose one of {', '.join(distribute.STRATEGIES)}")
         if self.precision not in ("float32", "bfloat16"):
             raise MaskvitError(f"unknown precision {self.precision!r}; choose float32 or bfloat16")
         for field, low in (("epochs", 1), ("batch_size", 1), ("val_size", 1)):
@@ -86,14 +89,22 @@ def split(images: np.ndarray, config: TrainConfig) -> tuple[np.ndarray, np.ndarr
     return (train[: config.limit] if config.limit else train), val
 
 
-def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+def peak_lr(config: TrainConfig) -> float:
+    """The recipe's rate, scaled by the square root of (global batch / the recipe's batch): the
+    rule for Adam-type optimizers (Malladi et al., 2022), so a larger global batch -- more
+    replicas or workers -- trains with a proportionally larger rate only in the square root."""
     r = RECIPES[config.recipe]
+    return r["lr"] * math.sqrt(config.batch_size / r["batch_size"])
+
+
+def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    r, lr = RECIPES[config.recipe], peak_lr(config)
     if r["optimizer"] == "adam":
-        return keras.optimizers.Adam(r["lr"])
+        return keras.optimizers.Adam(lr)
     total = config.epochs * steps_per_epoch
     warmup = min(int(r["warmup_epochs"] * steps_per_epoch), total // 2)
     schedule = keras.optimizers.schedules.CosineDecay(
-        0.0, decay_steps=max(total - warmup, 1), alpha=r["final_lr_fraction"], warmup_target=r["lr"], warmup_steps=warmup
+        0.0, decay_steps=max(total - warmup, 1), alpha=r["final_lr_fraction"], warmup_target=lr, warmup_steps=warmup
     )
     return keras.optimizers.AdamW(schedule, weight_decay=r["weight_decay"])
 
@@ -138,8 +149,9 @@ class Checkpoints(keras.callbacks.Callback):
     JSON, and after every epoch a resume checkpoint (model + optimizer state) with the JSON
     naming it, so a run killed at any moment can continue exactly where its last epoch ended."""
 
-    def __init__(self, folder: Path, prefix: str, record: dict, images_per_epoch: int, plateau: Plateau | None):
+    def __init__(self, folder: Path, prefix: str, record: dict, images_per_epoch: int, plateau: Plateau | None, write: bool = True):
         super().__init__()
+        self.write = write  # False on all but the chief of a multi-worker run: same decisions, no files
         self.folder, self.prefix = folder, prefix
         self.best_path = folder / f"{prefix}_best.keras"
         self.final_path = folder / f"{prefix}_final.keras"
@@ -192,16 +204,21 @@ class Checkpoints(keras.callbacks.Callback):
         self.remove_old_resume_files(keep=None)
 
     def remove_old_resume_files(self, keep: Path | None) -> None:
+        if not self.write:
+            return
         for old in self.folder.glob(f"{self.prefix}_resume_e*.keras"):
             if old != keep:
                 old.unlink(missing_ok=True)
 
     def save(self, path: Path) -> None:
+        if not self.write:
+            return
         with atomic_path(path) as tmp:
             self.model.save(tmp)
 
     def write_record(self) -> None:
-        write_json(self.json_path, {**self.record, "history": self.history})
+        if self.write:
+            write_json(self.json_path, {**self.record, "history": self.history})
 
 
 class StopOnNonFinite(keras.callbacks.Callback):
@@ -213,7 +230,7 @@ class StopOnNonFinite(keras.callbacks.Callback):
 
 
 def _same_run(a: dict, b: dict) -> bool:
-    ignore = {"data", "output", "resume"}  # where things live does not change the run
+    ignore = {"data", "output", "resume", "strategy"}  # where things live and run does not change the run
     return {k: v for k, v in a.items() if k not in ignore} == {k: v for k, v in b.items() if k not in ignore}
 
 
@@ -236,10 +253,13 @@ def unfinished_run(folder: Path, config: TrainConfig) -> dict | None:
 
 def train(config: TrainConfig, progress: keras.callbacks.Callback | None = None) -> dict:
     """Train one model, continuing an interrupted run of the same config unless config.resume is
-    False; returns the run record (also written as <prefix>_run.json)."""
+    False; returns the run record (the chief also writes it as <prefix>_run.json)."""
     config.check()
-    scorer = models.load(config.scorer) if config.scorer else None
-    folder = ensure_folder(config.output)
+    strategy = distribute.make(config.strategy)  # first: multi-worker set-up must precede other TensorFlow work
+    chief, replicas = distribute.is_chief(strategy), strategy.num_replicas_in_sync
+    if config.batch_size % replicas:
+        raise MaskvitError(f"--batch-size {config.batch_size} (global) must split evenly over {replicas} replicas")
+    folder = ensure_folder(config.output) if chief else Path(config.output)  # workers read the chief's files
     previous = unfinished_run(folder, config) if config.resume else None
     images, _ = data.load_split("train", config.data)
     train_images, val_images = split(images, config)
@@ -251,26 +271,34 @@ def train(config: TrainConfig, progress: keras.callbacks.Callback | None = None)
     ds, steps = data.train_pipeline(train_images, config.batch_size, mask, ratio, config.seed, start_epoch=start)
     val_masks = data.fixed_masks(mask, ratio, len(val_images), config.seed, data.VAL_MASK_STREAM)
     val_ds = data.eval_pipeline(val_images, val_masks, data.EVAL_BATCH)
+    ds, val_ds = distribute.shard_by_data(ds), distribute.shard_by_data(val_ds)
+    with strategy.scope():  # variables (model, optimizer) live on every replica
+        scorer = models.load(config.scorer) if config.scorer else None
+        if previous:
+            model = models.load(previous["resume"]["path"], compile=True)  # weights and optimizer state
+            set_rng_state(model, previous["resume"]["rng"])
+        else:
+            keras.mixed_precision.set_global_policy("mixed_bfloat16" if config.precision == "bfloat16" else "float32")
+            try:
+                model = models.build(config.model)
+            finally:
+                keras.mixed_precision.set_global_policy("float32")
+            model.compile(optimizer=make_optimizer(config, steps))
+            model.optimizer.build(model.trainable_variables)
     if previous:
-        model = models.load(previous["resume"]["path"], compile=True)  # weights and optimizer state
-        set_rng_state(model, previous["resume"]["rng"])
         record = {**previous, "config": asdict(config), "resumed_at_epochs": previous.get("resumed_at_epochs", []) + [start]}
     else:
-        keras.mixed_precision.set_global_policy("mixed_bfloat16" if config.precision == "bfloat16" else "float32")
-        try:
-            model = models.build(config.model)
-        finally:
-            keras.mixed_precision.set_global_policy("float32")
-        model.compile(optimizer=make_optimizer(config, steps))
         record = {
             "config": asdict(config),
             "effective_ratio": masking.effective_ratio(config.mask, config.ratio),
             "recipe": RECIPES[config.recipe],
+            "lr": peak_lr(config),
             "n_train": len(train_images),
             "n_val": len(val_images),
             "parameters": model.count_params(),
             "hardware": f"{platform.machine()}, {os.cpu_count()} CPUs, tensorflow {tf.__version__}, keras {keras.__version__}",
         }
+    record["replicas"] = replicas
     if scored:  # validation too: the loss on the masks being trained for
         model.remask = importance.masker(scorer or model, config.mask, config.ratio)
     plateau = None
@@ -278,11 +306,11 @@ def train(config: TrainConfig, progress: keras.callbacks.Callback | None = None)
         r = RECIPES["seed"]
         plateau = Plateau(previous and previous["resume"]["plateau"], monitor="val_loss", factor=r["plateau_factor"],
                           patience=r["plateau_patience"], min_lr=r["min_lr"], verbose=0)
-    checkpoints = Checkpoints(folder, config.prefix, record, steps * config.batch_size, plateau)
+    checkpoints = Checkpoints(folder, config.prefix, record, steps * config.batch_size, plateau, write=chief)
     callbacks = [c for c in (plateau, StopOnNonFinite(), checkpoints, progress) if c is not None]
     model.fit(ds, epochs=config.epochs, initial_epoch=start, steps_per_epoch=steps, validation_data=val_ds,
               callbacks=callbacks, verbose=0, shuffle=False)
     if "stopped" in record:
         best = record.get("best", {}).get("path", "none yet")
         raise MaskvitError(f"training stopped: {record['stopped']}; the last good model is {best}")
-    return {**record, "history": checkpoints.history}
+    return {**record, "chief": chief, "history": checkpoints.history}

@@ -1,0 +1,69 @@
+"""Where training runs: one device, all local devices, or several machines, through
+tf.distribute. The trainer asks for a strategy by name and learns whether this process is the
+chief, the one that writes files."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import tensorflow as tf
+
+from .errors import MaskvitError
+
+STRATEGIES = ("default", "mirrored", "multiworker")
+
+
+def cluster_spec() -> dict:
+    """TF_CONFIG, checked: {"cluster": {"worker": [...], ...}, "task": {"type": ..., "index": ...}}."""
+    raw = os.environ.get("TF_CONFIG")
+    if not raw:
+        raise MaskvitError("--strategy multiworker needs TF_CONFIG (cluster and task of this process); see README, 'Several machines'")
+    try:
+        config = json.loads(raw)
+        workers = config["cluster"]["worker"]
+        task_type, index = config["task"]["type"], int(config["task"]["index"])
+        members = config["cluster"][task_type]
+        if not isinstance(workers, list) or not 0 <= index < len(members):
+            raise ValueError(f"task {task_type}:{index} is not in the cluster")
+    except (ValueError, KeyError, TypeError) as e:
+        raise MaskvitError(f"TF_CONFIG is not a valid cluster description ({e})") from None
+    return config
+
+
+def make(name: str) -> tf.distribute.Strategy:
+    """The named strategy. Create it before any other TensorFlow work in the process: the
+    multi-worker one configures collective communication, which must come first."""
+    if name not in STRATEGIES:
+        raise MaskvitError(f"unknown distribution strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()  # every local GPU, or the CPU when there is none
+    cluster_spec()
+    return tf.distribute.MultiWorkerMirroredStrategy()
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """The chief is the 'chief' task, or worker 0 when the cluster names none."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    return resolver.task_type == "chief" or (resolver.task_type == "worker" and resolver.task_id == 0
+                                             and "chief" not in resolver.cluster_spec().as_dict())
+
+
+def multi_worker(strategy: tf.distribute.Strategy) -> bool:
+    """True when replicas sit in more than one process."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return False
+    return sum(len(tasks) for job, tasks in resolver.cluster_spec().as_dict().items() if job in ("chief", "worker")) > 1
+
+
+def shard_by_data(ds: tf.data.Dataset) -> tf.data.Dataset:
+    """Every worker builds each global batch (the data is in memory, masks are seeded) and keeps
+    its replicas' slices, so the workers see distinct parts of every epoch and the same steps."""
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.with_options(options)
