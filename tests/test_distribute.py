@@ -99,3 +99,10 @@ def test_global_batch_must_split_over_replicas_and_sets_the_learning_rate():
     assert distribute.multi_worker(distribute.make("default")) is False
     with pytest.raises(MaskvitError, match="unknown distribution strategy"):
         distribute.make("tpu")
+
+
+def test_mirrored_strategy_on_the_cpu_trains_like_the_default(fake_archive, tmp_path):
+    runs = [train.train(train.TrainConfig(model="mae", epochs=2, batch_size=32, val_size=40, data=str(fake_archive),
+                                          output=str(tmp_path / name), strategy=name)) for name in ("default", "mirrored")]
+    assert runs[1]["replicas"] == 1 and runs[1]["chief"]
+    np.testing.assert_allclose(runs[1]["history"]["val_loss"], runs[0]["history"]["val_loss"], rtol=1e-5)
