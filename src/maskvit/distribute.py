@@ -18,7 +18,7 @@ def cluster_spec() -> dict:
     """TF_CONFIG, checked: {"cluster": {"worker": [...], ...}, "task": {"type": ..., "index": ...}}."""
     raw = os.environ.get("TF_CONFIG")
     if not raw:
-        raise MaskvitError("--strategy multiworker needs TF_CONFIG (cluster and task of this process); see README, 'Several machines'")
+        raise MaskvitError("--strategy multiworker needs TF_CONFIG (cluster and task of this process); see README, 'Several devices and machines'")
     try:
         config = json.loads(raw)
         workers = config["cluster"]["worker"]
