@@ -76,6 +76,10 @@ def test_hidden_pixels_average_the_shifted_tilings_by_centrality(model_file):
     expected = sum(p * w for p, w in parts) / sum(w for _, w in parts)
     assert np.abs(recon[29, 29] - expected).max() <= 1  # batches of another size may round differently
     assert np.abs(recon[29, 29] - parts[0][0]).max() > 1  # not the unshifted tile's prediction alone
+    _, single = images.reconstruct_image(net, rgb, "random", 0.5, seed=seed, shift=False)  # grids of unrelated images
+    assert np.abs(single[29, 29] - parts[0][0]).max() <= 1
+    _, one_tile = images.reconstruct_image(net, rgb[:32, :32], "random", 0.5, seed=seed)  # nothing to shift over
+    assert np.abs(one_tile.astype(int) - predicted(0, 0)).max() <= 1
 
 
 def make_bad(tmp_path, kind):

@@ -359,7 +359,7 @@ def _summary_markdown(result: dict) -> str:
 ModelOpt = typer.Option(None, "--model", help="A .keras file written by maskvit train (default: the shipped model).")
 
 
-def _reconstruct_files(net, paths: list[Path], mask: str, ratio: float, seed: int, output: Path) -> tuple[list[dict], list[str]]:
+def _reconstruct_files(net, paths: list[Path], mask: str, ratio: float, seed: int, output: Path, shift: bool = True) -> tuple[list[dict], list[str]]:
     """Reconstruct each file; a bad file is reported and skipped, the others still run."""
     from rich.progress import Progress
 
@@ -371,14 +371,14 @@ def _reconstruct_files(net, paths: list[Path], mask: str, ratio: float, seed: in
             try:
                 rgb = images.read_rgb(path)
                 task = bar.add_task(f"{path.name}", total=None)
-                masked, recon = images.reconstruct_image(net, rgb, mask, ratio, seed, on_batch=lambda done, total: bar.update(task, completed=done, total=total))
+                masked, recon = images.reconstruct_image(net, rgb, mask, ratio, seed, on_batch=lambda done, total: bar.update(task, completed=done, total=total), shift=shift)
                 bar.remove_task(task)
                 stem = f"{path.stem}_{mask}{round(ratio * 100)}"
                 panel_path, recon_path = output / f"{stem}_panel.png", output / f"{stem}_reconstructed.png"
                 gap = np.full((rgb.shape[0], max(2, rgb.shape[1] // 64), 3), 255, np.uint8)
                 images.save_png(panel_path, np.concatenate([rgb, gap, masked, gap, recon], axis=1))
                 images.save_png(recon_path, recon)
-                rows.append({"image": str(path), "width": rgb.shape[1], "height": rgb.shape[0], "strategy": mask, "ratio": ratio,
+                rows.append({"image": str(path), "width": rgb.shape[1], "height": rgb.shape[0], "strategy": mask, "ratio": ratio, "shifted_tilings": shift,
                              "panel": str(panel_path), "reconstructed": str(recon_path), **images.image_scores(rgb, recon)})
             except MaskvitError as e:
                 err_console.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
@@ -405,6 +405,7 @@ def reconstruct(
     output: Path = typer.Option(Path("reconstructions"), "--output", help="Folder for the panels and reconstructions."),
     seed: int = SeedOpt,
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write per-image metrics to this JSON file."),
+    shift: bool = typer.Option(True, "--shift/--no-shift", help="Also predict from tilings shifted by half a tile, so patches on tile borders get context (default); --no-shift for pictures that are grids of unrelated 32x32 images, such as CIFAR-10 mosaics."),
 ):
     """Hide patches of your own images and reconstruct them (32x32 tiles, 4x4 patches)."""
     from . import masking, models
@@ -413,7 +414,7 @@ def reconstruct(
     masking.check(mask, ratio)
     net = models.load(model_path)
     ensure_folder(output)
-    rows, failures = _reconstruct_files(net, paths, mask, ratio, seed, output)
+    rows, failures = _reconstruct_files(net, paths, mask, ratio, seed, output, shift)
     if rows:
         console.print(_images_table(rows))
         console.print(f"outputs in {output}/")
@@ -446,7 +447,8 @@ def demo(
         images.save_png(inputs / name, array)
     rows = []
     for strategy in ("random", "row", "column"):
-        rows += _reconstruct_files(net, [inputs / name for name in pictures], strategy, 0.5, 0, output)[0]
+        for name in pictures:  # the mosaic's tiles are unrelated images: no context across them
+            rows += _reconstruct_files(net, [inputs / name], strategy, 0.5, 0, output, shift=name != "cifar10_test_mosaic.png")[0]
     console.print(_images_table(rows))
     results = [score(net, sample, strategy, 0.5) for strategy in ("random", "row", "column")]
     console.print(_metrics_table("shipped model on the 256 packaged CIFAR-10 test images", results))

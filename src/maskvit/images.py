@@ -95,7 +95,8 @@ HALF = TILE // 2
 EDGE_DISTANCE = np.minimum(np.arange(TILE), TILE - 1 - np.arange(TILE)) + 0.5
 
 
-def reconstruct_image(model, image: np.ndarray, strategy: str, ratio: float, seed: int, batch_size: int = 512, on_batch=None):
+def reconstruct_image(model, image: np.ndarray, strategy: str, ratio: float, seed: int, batch_size: int = 512, on_batch=None,
+                      shift: bool = True):
     """Mask every 32x32 tile of a uint8 [H,W,3] image with the strategy and reconstruct the hidden
     patches. Returns (masked view, reconstruction), uint8 [H,W,3]; the masked view shows hidden
     patches grey.
@@ -104,14 +105,17 @@ def reconstruct_image(model, image: np.ndarray, strategy: str, ratio: float, see
     tilings shifted by half a tile (down, right, both), each tile carrying the same hidden pixels,
     and a hidden pixel is the mean of the four predictions weighted by their distance to the
     tile's edge. On photographs this gained 1.0 dB over a single tiling (0.7 dB when taking only
-    the most central prediction)."""
+    the most central prediction). An axis one tile long is not shifted: the shifted tiles would
+    hold only reflections of the same tile (measured 0.2 dB worse on single CIFAR-10 images).
+    shift=False: one tiling, for pictures that are grids of unrelated 32x32 images."""
     tiles, (rows, cols) = to_tiles(image)
     masks = masking.make_masks(strategy, ratio, len(tiles), [seed, 0]).numpy()
     canvas, hidden = _untile(tiles, rows, cols), _untile(masking.pixel_mask(masks).numpy(), rows, cols)[..., 0]
     # Half a tile of reflection on every side; patch boundaries stay on the 4-pixel grid.
     big = np.pad(canvas, ((HALF, HALF), (HALF, HALF), (0, 0)), mode="symmetric")
     big_hidden = np.pad(hidden, HALF, mode="symmetric")
-    offsets = [(dy, dx) for dy in (0, 1) for dx in (0, 1)]  # (0, 0): the tiling the masks were drawn on
+    shifts = [(0, 1) if shift and n > 1 else (0,) for n in (rows, cols)]
+    offsets = [(dy, dx) for dy in shifts[0] for dx in shifts[1]]  # (0, 0): the tiling the masks were drawn on
     total = sum((rows + dy) * (cols + dx) for dy, dx in offsets)
     done = 0
     weighted = np.zeros((int(hidden.sum()), 3), np.float32)  # sums over tilings, hidden pixels only
