@@ -96,3 +96,20 @@ def test_non_finite_loss_stops_and_keeps_last_good_model(fake_archive, tmp_path,
     record = json.loads((tmp_path / "seed_random50_run.json").read_text())
     assert record["best"]["epoch"] == 1 and "final" not in record
     assert all(np.isfinite(w).all() for w in weights(tmp_path / "seed_random50_best.keras"))
+
+
+def test_importance_mask_training_resumes_to_identical_weights(fake_archive, tmp_path):
+    """Importance masks are ranked in the step from stateless probes: a resumed run sees the same masks."""
+    class Interrupt(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 1:
+                raise KeyboardInterrupt
+
+    settings = dict(model="mae", mask="importance", ratio=0.3, epochs=2)
+    reference = train.train(config(fake_archive, tmp_path / "ref", **settings))
+    with pytest.raises(KeyboardInterrupt):
+        train.train(config(fake_archive, tmp_path / "run", **settings), progress=Interrupt())
+    resumed = train.train(config(fake_archive, tmp_path / "run", **settings))
+    assert resumed["resumed_at_epochs"] == [1] and resumed["history"]["val_loss"] == reference["history"]["val_loss"]
+    for a, b in zip(weights(tmp_path / "run" / "mae_importance30_final.keras"), weights(tmp_path / "ref" / "mae_importance30_final.keras")):
+        np.testing.assert_array_equal(a, b)
