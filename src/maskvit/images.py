@@ -93,6 +93,7 @@ HALF = TILE // 2
 # Weight of a tile's prediction at each row (column): the distance to the tile's edge, so a
 # pixel counts most in the tiling that holds it nearest the centre, with context on every side.
 EDGE_DISTANCE = np.minimum(np.arange(TILE), TILE - 1 - np.arange(TILE)) + 0.5
+TILE_WEIGHT = np.outer(EDGE_DISTANCE, EDGE_DISTANCE).astype(np.float32)[..., None]  # [32,32,1]
 
 
 def reconstruct_image(model, image: np.ndarray, strategy: str, ratio: float, seed: int, batch_size: int = 512, on_batch=None,
@@ -129,10 +130,10 @@ def reconstruct_image(model, image: np.ndarray, strategy: str, ratio: float, see
                                      lambda n: on_batch and on_batch(done + n, total))
         done += len(t_masks)
         crop = (slice(HALF - y0, HALF - y0 + rows * TILE), slice(HALF - x0, HALF - x0 + cols * TILE))
-        weight = (np.tile(EDGE_DISTANCE, n_rows)[crop[0], None] * np.tile(EDGE_DISTANCE, n_cols)[None, crop[1]]).astype(np.float32)
-        weight = weight * _untile(np.broadcast_to(usable[:, None, None, None], (len(usable), TILE, TILE, 1)), n_rows, n_cols)[crop][..., 0]
-        weighted += _untile(predicted, n_rows, n_cols)[crop][hidden] * weight[hidden][:, None]
-        weights += weight[hidden]
+        tile_weight = TILE_WEIGHT[None] * usable[:, None, None, None]  # [n,32,32,1]; 0 where a tile was not reconstructed
+        weight = _untile(tile_weight, n_rows, n_cols)[crop][..., 0][hidden]
+        weighted += _untile(predicted, n_rows, n_cols)[crop][hidden] * weight[:, None]
+        weights += weight
     out = canvas.copy()
     out[hidden] = np.round(weighted / weights[:, None]).astype(np.uint8)  # the unshifted tiling is always usable: weights > 0
     masked = np.where(hidden[..., None], np.uint8(128), canvas)
