@@ -59,6 +59,8 @@ def test_evaluate_on_embedded_sample(tmp_path, cli):
     (["train", "--name", "../escape"], "--name must be a plain file prefix"),
     (["train", "--scorer", "x.keras"], "--scorer ranks patches for importance masks"),
     (["train", "--strategy", "ring"], "unknown distribution strategy 'ring'"),
+    (["train", "--zoom", "0.5"], "--zoom must be between 1"),
+    (["train", "--init", "missing.keras"], "--init missing.keras: no such model file"),
     (["train", "--data", "/nonexistent/cifar.tar.gz"], "no such file or folder"),
     (["evaluate", "/nonexistent/model.keras"], "no such model file"),
     (["evaluate", "MODEL_TEXT"], "not a Keras model file"),

@@ -117,3 +117,29 @@ def test_real_archive_matches_known_values(real_data):
     assert labels[:10].tolist() == [3, 8, 8, 0, 6, 6, 1, 6, 3, 1]
     np.testing.assert_allclose((images / 255.0).mean(axis=(0, 1, 2)), [0.494214, 0.485131, 0.450409], atol=1e-6)
     np.testing.assert_array_equal(images[:256], data.load_split("test", data.SAMPLE)[0])
+
+
+def test_zoom_crops_are_seeded_zoomed_views_that_leave_order_and_masks_alone():
+    # A ramp along x (pixel x holds 8x/255): a crop of side s stays a ramp, its slope s * 8/255 per pixel.
+    ramp = np.broadcast_to((np.arange(32) * 8).astype(np.uint8)[None, None, :, None], (48, 32, 32, 3)).copy()
+    ramp[:, :, :, 1] = np.arange(48)[:, None, None]  # green tells which image it is
+    plain, _ = data.train_pipeline(ramp, 8, "row", 0.5, seed=3)
+    zoomed, steps = data.train_pipeline(ramp, 8, "row", 0.5, seed=3, zoom=4)
+    slopes = []
+    for ((x, m), y), ((xp, mp), _) in zip(zoomed.take(2 * steps), plain.take(2 * steps)):
+        x, xp = x.numpy(), xp.numpy()
+        np.testing.assert_array_equal(m.numpy(), mp.numpy())  # masks: their own stream
+        np.testing.assert_array_equal(x[..., 1], xp[..., 1])  # same images in the same order
+        np.testing.assert_array_equal(x, y.numpy())
+        red = x[..., 0]
+        assert np.ptp(red, axis=1).max() < 1e-6  # still constant down each column
+        step = np.diff(red[:, 0, :], axis=1)  # [8, 31]
+        assert np.abs(step - step.mean(axis=1, keepdims=True)).max() < 1e-5  # still linear
+        slopes.extend(step.mean(axis=1) * 255 / 8)  # = crop side as a fraction of the image
+    slopes = np.array(slopes)
+    assert slopes.min() > 1 / 4 - 0.01 and slopes.max() < 1 + 0.01
+    assert slopes.min() < 0.4 and slopes.max() > 0.7  # sides spread over (1/4, 1]
+    # The crops are a function of (seed, step): a resumed run sees the same ones.
+    again, _ = data.train_pipeline(ramp, 8, "row", 0.5, seed=3, zoom=4, start_epoch=1)
+    for ((x, _), _), ((x2, _), _) in zip(list(zoomed.take(2 * steps))[steps:], again.take(steps)):
+        np.testing.assert_array_equal(x.numpy(), x2.numpy())

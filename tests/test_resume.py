@@ -113,3 +113,23 @@ def test_importance_mask_training_resumes_to_identical_weights(fake_archive, tmp
     assert resumed["resumed_at_epochs"] == [1] and resumed["history"]["val_loss"] == reference["history"]["val_loss"]
     for a, b in zip(weights(tmp_path / "run" / "mae_importance30_final.keras"), weights(tmp_path / "ref" / "mae_importance30_final.keras")):
         np.testing.assert_array_equal(a, b)
+
+
+def test_init_starts_from_the_given_weights_and_refuses_another_model(fake_archive, tmp_path):
+    source = tmp_path / "source.keras"
+    models.build("mae").save(source)
+
+    class FirstWeights(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.weights = self.model.get_weights()
+
+    seen = FirstWeights()
+    record = train.train(config(fake_archive, tmp_path, model="mae", epochs=1, init=str(source), zoom=2.0), progress=seen)
+    for a, b in zip(seen.weights, weights(source), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert record["config"]["init"] == str(source) and record["config"]["zoom"] == 2.0
+    with pytest.raises(MaskvitError, match="a mae model; this run trains a seed model"):
+        train.train(config(fake_archive, tmp_path / "b", init=str(source)))
+    models.build("mae", decoder_depth=1).save(tmp_path / "small.keras")
+    with pytest.raises(MaskvitError, match="a mae model of another size .decoder_depth 1"):
+        train.train(config(fake_archive, tmp_path / "c", model="mae", init=str(tmp_path / "small.keras")))

@@ -50,6 +50,8 @@ class TrainConfig:
     precision: str | None = None  # float32 | bfloat16 (mixed: bf16 compute, fp32 weights); None: the recipe's
     scorer: str | None = None  # importance masks: model file that ranks patches; None: the model being trained
     strategy: str = "default"  # default | mirrored (local devices) | multiworker (TF_CONFIG); batch_size is global
+    zoom: float = 1.0  # > 1: train on random crops of side 32/z px, z log-uniform in [1, zoom], resized to 32x32
+    init: str | None = None  # start from this model file's weights (same model and size, or one it extends) instead of random ones
 
     def __post_init__(self):
         for field in ("model", "batch_size", "precision"):
@@ -71,6 +73,10 @@ class TrainConfig:
         for field, low in (("epochs", 1), ("batch_size", 1), ("val_size", 1)):
             if getattr(self, field) < low:
                 raise MaskvitError(f"--{field.replace('_', '-')} must be at least {low}, got {getattr(self, field)}")
+        if not (1 <= self.zoom <= 32):
+            raise MaskvitError(f"--zoom must be between 1 (whole images) and 32 (one pixel per crop), got {self.zoom}")
+        if self.init is not None and not Path(self.init).is_file():
+            raise MaskvitError(f"--init {self.init}: no such model file")
         if self.limit is not None and self.limit < 1:
             raise MaskvitError(f"--limit must be at least 1, got {self.limit}")
         if self.name is not None and (not self.name or Path(self.name).name != self.name or self.name.startswith(".")):
@@ -229,6 +235,22 @@ class StopOnNonFinite(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+def start_from(model, path: str) -> None:
+    """Copy the weights of the model file at path into model: the same model, or one that extends
+    it (mae-refine from mae), whose added layers keep their initial weights."""
+    source = models.load(path)
+    names = {cls: name for name, cls in models.MODELS.items()}
+    if not isinstance(model, type(source)):
+        raise MaskvitError(f"--init {path}: a {names[type(source)]} model; this run trains a {names[type(model)]} model (--model)")
+    other = ", ".join(f"{k} {v}" for k, v in source.hparams.items() if model.hparams.get(k) != v)
+    if other:
+        raise MaskvitError(f"--init {path}: a {names[type(source)]} model of another size ({other})")
+    layers = {layer.name: layer for layer in model._flatten_layers(include_self=False, recursive=False)}
+    for layer in source._flatten_layers(include_self=False, recursive=False):
+        if layer.weights:
+            layers[layer.name].set_weights(layer.get_weights())
+
+
 def _same_run(a: dict, b: dict) -> bool:
     ignore = {"data", "output", "resume", "strategy"}  # where things live and run does not change the run
     return {k: v for k, v in a.items() if k not in ignore} == {k: v for k, v in b.items() if k not in ignore}
@@ -268,7 +290,7 @@ def train(config: TrainConfig, progress: keras.callbacks.Callback | None = None)
     start = previous["resume"]["epoch"] if previous else 0
     scored = config.mask in masking.SCORED  # the pipeline then draws the probe masks the step ranks patches with
     mask, ratio = ("random", 0.5) if scored else (config.mask, config.ratio)
-    ds, steps = data.train_pipeline(train_images, config.batch_size, mask, ratio, config.seed, start_epoch=start)
+    ds, steps = data.train_pipeline(train_images, config.batch_size, mask, ratio, config.seed, start_epoch=start, zoom=config.zoom)
     val_masks = data.fixed_masks(mask, ratio, len(val_images), config.seed, data.VAL_MASK_STREAM)
     val_ds = data.eval_pipeline(val_images, val_masks, data.EVAL_BATCH)
     ds, val_ds = distribute.shard_by_data(ds), distribute.shard_by_data(val_ds)
@@ -283,6 +305,8 @@ def train(config: TrainConfig, progress: keras.callbacks.Callback | None = None)
                 model = models.build(config.model)
             finally:
                 keras.mixed_precision.set_global_policy("float32")
+            if config.init:
+                start_from(model, config.init)
             model.compile(optimizer=make_optimizer(config, steps))
             model.optimizer.build(model.trainable_variables)
     if previous:
