@@ -104,7 +104,7 @@ def _metrics_table(title: str, rows: list[dict]) -> Table:
 
 @app.command()
 def train(
-    model: Optional[str] = typer.Option(None, "--model", help="Default: the recipe's (seed: seed, fast: mae). Model preset: seed (reference ViT), mae (encoder on visible patches) autoencoder (the seed's conv autoencoder, on zero-filled patches) or autoencoder-dropout (the seed's original: a denoiser trained on 50% per-pixel dropout noise)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Default: the recipe's (seed: seed, fast: mae). Model preset: seed (reference ViT), mae (encoder on visible patches), mae-refine (mae gated with an in-graph biharmonic fill), autoencoder (the seed's conv autoencoder, on zero-filled patches) or autoencoder-dropout (the seed's original: a denoiser trained on 50% per-pixel dropout noise)."),
     mask: str = MaskOpt,
     ratio: float = RatioOpt,
     epochs: int = typer.Option(20, "--epochs", help="Training epochs."),

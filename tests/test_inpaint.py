@@ -1,0 +1,73 @@
+"""The in-graph smooth fill and the model that refines it."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from skimage.restoration import inpaint_biharmonic
+
+from maskvit import baselines, inpaint, masking, models, train
+from maskvit.errors import MaskvitError
+
+
+def interior_mask(n, seed):
+    """Random hidden patches, none on the image border: [n,64] bool."""
+    rng = np.random.default_rng(seed)
+    grid = np.zeros((n, 8, 8), bool)
+    grid[:, 1:7, 1:7] = rng.random((n, 6, 6)) < 0.5
+    return grid.reshape(n, 64)
+
+
+def test_laplacian_adjoint_is_its_transpose():
+    rng = np.random.default_rng(0)
+    x, y = (tf.constant(rng.random((2, 32, 32, 3)), tf.float32) for _ in range(2))
+    lhs = tf.reduce_sum(inpaint.laplacian(x) * y).numpy()
+    rhs = tf.reduce_sum(x * inpaint.laplacian_adjoint(y)).numpy()
+    assert abs(lhs - rhs) < 1e-4 * abs(lhs)
+
+
+def test_fill_keeps_visible_pixels_and_reproduces_a_linear_ramp():
+    yy, xx = np.mgrid[0:32, 0:32] / 31.0
+    ramp = np.stack([0.2 + 0.5 * xx, 0.9 - 0.6 * yy, 0.3 * xx + 0.4 * yy], -1)[None].repeat(3, 0).astype(np.float32)
+    mask = interior_mask(3, 0)
+    hidden = baselines.pixel_mask(mask)
+    out = inpaint.smooth_fill(ramp, mask).numpy()
+    np.testing.assert_array_equal(out[~hidden], ramp[~hidden])
+    # A linear ramp has zero Laplacian: the biharmonic fill of interior holes is the ramp itself.
+    # The solver converges to it; the default step count stops short (on purpose), a fifth of
+    # the first guess's error away.
+    assert np.abs(inpaint.smooth_fill(ramp, mask, steps=120).numpy() - ramp)[hidden].max() < 1e-5
+    guess = inpaint.first_guess(tf.constant(ramp), tf.cast(masking.pixel_mask(mask), tf.float32)).numpy()
+    assert np.abs(out - ramp)[hidden].mean() < np.abs(guess - ramp)[hidden].mean() / 5
+
+
+def test_fill_agrees_with_skimage_biharmonic_on_smooth_images():
+    yy, xx = np.mgrid[0:32, 0:32] / 31.0
+    smooth = np.stack([0.5 + 0.4 * np.sin(2 * xx + yy), 0.5 + 0.3 * np.cos(3 * yy), 0.4 + 0.3 * xx * yy], -1)[None].repeat(2, 0)
+    mask = interior_mask(2, 1)
+    hidden = baselines.pixel_mask(mask)
+    ours = inpaint.smooth_fill(smooth.astype(np.float32), mask, steps=60).numpy()
+    theirs = np.stack([inpaint_biharmonic(im, h, channel_axis=-1) for im, h in zip(smooth, hidden)])
+    assert np.abs(ours - theirs)[hidden].max() < 5e-3
+    assert np.abs(ours - smooth)[hidden].max() < 2e-2
+
+
+def test_fill_does_not_read_hidden_pixels():
+    rng = np.random.default_rng(2)
+    images = rng.random((4, 32, 32, 3)).astype(np.float32)
+    mask = masking.make_masks("row", 0.5, 4, [0, 0]).numpy()
+    tampered = np.where(baselines.pixel_mask(mask)[..., None], rng.random(images.shape), images).astype(np.float32)
+    np.testing.assert_array_equal(inpaint.smooth_fill(images, mask).numpy(), inpaint.smooth_fill(tampered, mask).numpy())
+
+
+@pytest.mark.parametrize("strategy", ["random", "row", "block"])
+def test_refine_model_started_from_a_mae_is_its_average_with_the_fill(strategy, tmp_path):
+    mae, refine = models.build("mae"), models.build("mae-refine")
+    mae.save(tmp_path / "mae.keras")
+    train.start_from(refine, str(tmp_path / "mae.keras"))
+    images = tf.random.stateless_uniform([4, 32, 32, 3], seed=[1, 1])
+    mask = masking.make_masks(strategy, 0.5, 4, [1, 2])
+    expected = (inpaint.smooth_fill(images, mask).numpy() + mae((images, mask)).numpy()) / 2
+    np.testing.assert_allclose(refine((images, mask)).numpy(), expected, atol=1e-6)
+    refine.save(tmp_path / "refine.keras")
+    with pytest.raises(MaskvitError, match="a mae-refine model; this run trains a mae model"):
+        train.start_from(models.build("mae"), str(tmp_path / "refine.keras"))
