@@ -1,12 +1,13 @@
-"""A smooth fill of the hidden pixels, computed in the graph: the starting point a `mae` model
-with `hint=True` refines.
+"""A smooth fill of the hidden pixels, computed in the graph: what the `mae-refine` model
+(models.RefineMAE) sees beside the visible patches and mixes with its own prediction.
 
 Biharmonic inpainting (what skimage's inpaint_biharmonic does) chooses hidden pixels that
 minimise the squared Laplacian of the image: smooth, and exact on linear ramps -- what large
 photographs look like at the 4x4-patch scale, and where a ViT's own fill is weakest. Here it is
 solved by conjugate gradients with a fixed step count, batched, from a normalised-convolution
-guess, so it runs inside a model on any device. A few dozen steps leave it slightly short of
-convergence, which on large holes is smoother and closer to the truth than the exact solution."""
+guess, so it runs inside a model on any device. A dozen steps leave it short of convergence,
+which on large holes is smoother and closer to the truth than the exact solution (CIFAR-10, row
+masks at 70%: 15.9 dB against 15.0 for skimage's exact solve)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,10 @@ import tensorflow as tf
 
 from .masking import pixel_mask
 
-CG_STEPS = 12  # conjugate-gradient steps: 12 about match skimage's exact solve on CIFAR-10 masks; each step costs ~4 ms per 256 images
+# Conjugate-gradient steps: 12 match or beat skimage's exact solve on CIFAR-10 masks (measured
+# 12, 24, 40). Each costs ~7 ms per 500 images on 2 CPU cores; the whole fill, ~220 ms, about as
+# much as the network's forward pass.
+CG_STEPS = 12
 SIGMAS = (8.0, 4.0, 2.0, 1.0)  # normalised-convolution scales for the first guess, coarse to fine
 
 

@@ -5,6 +5,7 @@ returns a full predicted image [B,32,32,3]; each is trained on MSE over hidden p
   4 pre-LN blocks.
 - MAE: the encoder sees visible tokens only; a learned mask token fills the hidden positions
   before a light decoder over all 64 (He et al., 2021).
+- RefineMAE: the MAE gated, per hidden pixel, with an in-graph biharmonic fill.
 """
 
 from __future__ import annotations
@@ -173,10 +174,7 @@ class MAE(MaskedModel):
             Block(dd, h["heads"], h["decoder_mlp_dim"], h["dropout"], name=f"decoder_block{i}") for i in range(h["decoder_depth"])
         ]
         self.decoder_norm = keras.layers.LayerNormalization(epsilon=1e-6, name="decoder_norm")
-        self.head = self._head()
-
-    def _head(self):
-        return keras.layers.Dense(PATCH_DIM, activation="sigmoid", dtype="float32", name="head")
+        self.head = keras.layers.Dense(PATCH_DIM, activation="sigmoid", dtype="float32", name="head")
 
     def call(self, inputs, training=False):
         images, mask = inputs
