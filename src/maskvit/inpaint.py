@@ -53,17 +53,19 @@ def first_guess(images, hidden):
     """Normalised convolution: each hidden pixel takes the Gaussian-weighted mean of the visible
     ones, at the finest scale that sees enough of them (else the image's visible mean)."""
     visible = 1.0 - hidden
+    seen = images * visible
     total = tf.maximum(tf.reduce_sum(visible, [1, 2], keepdims=True), 1.0)
-    guess = tf.broadcast_to(tf.reduce_sum(images * visible, [1, 2], keepdims=True) / total, tf.shape(images))
+    guess = tf.broadcast_to(tf.reduce_sum(seen, [1, 2], keepdims=True) / total, tf.shape(images))
+    stacked = tf.concat([seen, visible], -1)  # [B,32,32,4]: blurred together, then divided
     for sigma in SIGMAS:
         g = _gaussian(sigma)
         r = len(g) // 2
-        both = tf.pad(tf.concat([images * visible, visible], -1), [[0, 0], [r, r], [r, r], [0, 0]])  # zeros count as unseen
+        both = tf.pad(stacked, [[0, 0], [r, r], [r, r], [0, 0]])  # zeros count as unseen
         k = tf.constant(np.tile(g[None, :, None, None], (1, 1, 4, 1)))  # separable: along x, then along y
         both = tf.nn.depthwise_conv2d(tf.nn.depthwise_conv2d(both, k, [1] * 4, "VALID"), tf.transpose(k, [1, 0, 2, 3]), [1] * 4, "VALID")
         weighted, weight = both[..., :3], both[..., 3:]
         guess = tf.where(weight > 0.05, weighted / tf.maximum(weight, 1e-6), guess)
-    return images * visible + guess * hidden
+    return seen + guess * hidden
 
 
 def smooth_fill(images, mask, steps: int = CG_STEPS):
