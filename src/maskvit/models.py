@@ -178,9 +178,15 @@ class MAE(MaskedModel):
 
     def call(self, inputs, training=False):
         images, mask = inputs
+        h, restore = self.encode_visible(images, mask, training)
+        return unpatchify(self.decode(h, restore, training))
+
+    def encode_visible(self, images, mask, training):
+        """images [B,32,32,3], mask [B,64] -> encoded visible tokens [B,V,D] and, per image, the
+        order [B,64] that puts the sorted (visible-first) tokens back on the grid."""
         tokens = self.embed(patchify(images)) + self.pos(self._positions())  # [B,64,D]
         visible, restore = self.keep_visible(tokens, tf.cast(mask, tf.bool))  # [B,V,D], [B,64]
-        return unpatchify(self.decode(self.encode(visible, training), restore, training))
+        return self.encode(visible, training), restore
 
     @staticmethod
     def keep_visible(tokens, mask):
@@ -232,11 +238,9 @@ class RefineMAE(MAE):
 
     def call(self, inputs, training=False):
         images, mask = inputs
-        mask = tf.cast(mask, tf.bool)
         fill = patchify(tf.stop_gradient(inpaint.smooth_fill(images, mask, self.hparams["fill_steps"])))  # [B,64,48]
-        tokens = self.embed(patchify(images)) + self.pos(self._positions())  # [B,64,D]
-        visible, restore = self.keep_visible(tokens, mask)  # [B,V,D], [B,64]
-        d = self.decoder_tokens(self.encode(visible, training), restore, training, extra=self.fill_embed(fill))  # [B,64,Dd]
+        h, restore = self.encode_visible(images, mask, training)
+        d = self.decoder_tokens(h, restore, training, extra=self.fill_embed(fill))  # [B,64,Dd]
         prediction, g = self.head(d), self.gate(d)  # [B,64,48] each
         return unpatchify(fill + g * (prediction - fill))
 
