@@ -114,7 +114,9 @@ def main():
     if not args.skip_eval:
         cells = len(evaluate.GRID_STRATEGIES) * len(evaluate.GRID_RATIOS)
         print(f"\n# evaluate --grid: {', '.join(evaluate.GRID_STRATEGIES)} x {evaluate.GRID_RATIOS}, full test set, all metrics")
-        for name, path in (("shipped mae-refine", None), ("stage-1 mae", models.DEFAULT_MODEL.resolve().parent / "maskvit_mae.keras")):
+        # The stage-1 model is in the checkout's saved_models/ (an installed wheel carries only the default).
+        stage1 = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "saved_models", "maskvit_mae.keras")
+        for name, path in (("shipped mae-refine", None), ("stage-1 mae", stage1)):
             model = models.load(path)  # what `evaluate --grid [--model PATH]` runs
             t0 = time.perf_counter()
             evaluate.grid({name: model}, test_images, list(evaluate.GRID_STRATEGIES), list(evaluate.GRID_RATIOS))

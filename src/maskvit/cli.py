@@ -121,7 +121,7 @@ def train(
     scorer: Optional[Path] = typer.Option(None, "--scorer", help="With --mask importance(-most): the model that ranks patches (default: the model being trained, at every step)."),
     strategy: str = typer.Option("default", "--strategy", help="default: one device; mirrored: every local GPU (or the CPU); multiworker: the cluster in TF_CONFIG. --batch-size is the global batch."),
     zoom: float = typer.Option(1.0, "--zoom", help="Above 1: train on random crops zoomed up to this factor (side 32/z px, resized to 32x32), as tiles of large photographs look; 1: whole images."),
-    init: Optional[Path] = typer.Option(None, "--init", help="Start from this model file's weights (the same --model) instead of random ones: fine-tuning."),
+    init: Optional[Path] = typer.Option(None, "--init", help="Start from this model file's weights instead of random ones: fine-tuning. The same --model, or mae-refine from a mae (its added layers start at zero)."),
 ):
     """Train a model; writes <prefix>_best.keras, <prefix>_final.keras and <prefix>_run.json."""
     from .train import TrainConfig, train as run
