@@ -71,3 +71,29 @@ def test_refine_model_started_from_a_mae_is_its_average_with_the_fill(strategy, 
     refine.save(tmp_path / "refine.keras")
     with pytest.raises(MaskvitError, match="a mae-refine model; this run trains a mae model"):
         train.start_from(models.build("mae"), str(tmp_path / "refine.keras"))
+
+
+def test_picture_fill_is_exact_on_a_ramp_across_windows():
+    """The long fill of reconstruct's blend: windows with margins, coarse to fine. A linear ramp
+    has zero Laplacian, so its fill is the ramp itself, also where holes meet window edges."""
+    yy, xx = np.mgrid[0:200, 0:300]
+    ramp = np.stack([20 + 0.6 * xx, 230 - 0.9 * yy, 0.3 * xx + 0.4 * yy], -1)
+    canvas = np.round(ramp).astype(np.uint8)
+    hidden = np.kron(np.random.default_rng(3).random((50, 75)) < 0.5, np.ones((4, 4), bool))
+    hidden[:4], hidden[-4:], hidden[:, :4], hidden[:, -4:] = False, False, False, False
+    filled = inpaint.fill_picture(canvas, hidden, core=64)  # windows of 64: many window edges
+    assert np.abs(filled - canvas)[hidden].max() < 1.5  # the ramp, up to the canvas's own rounding
+    np.testing.assert_array_equal(filled[~hidden], canvas[~hidden])
+    rows = slice(70, 130)
+    np.testing.assert_allclose(inpaint.fill_picture(canvas, hidden, rows, core=64), filled[rows], atol=0.5)
+
+
+def test_models_give_their_fill_beside_the_prediction():
+    images = tf.random.stateless_uniform([3, 32, 32, 3], seed=[4, 4])
+    mask = masking.make_masks("random", 0.5, 3, [4, 5])
+    expected_fill = masking.composite(images, inpaint.smooth_fill(images, mask), mask).numpy()
+    for name in ("mae", "mae-refine"):
+        model = models.build(name)
+        predicted, fill = model.reconstruct_and_fill(images, mask)
+        np.testing.assert_allclose(predicted.numpy(), model.reconstruct(images, mask).numpy(), atol=1e-6)
+        np.testing.assert_allclose(fill.numpy(), expected_fill, atol=1e-6)

@@ -51,12 +51,13 @@ def _gaussian(sigma: float) -> np.ndarray:
 
 def first_guess(images, hidden):
     """Normalised convolution: each hidden pixel takes the Gaussian-weighted mean of the visible
-    ones, at the finest scale that sees enough of them (else the image's visible mean)."""
+    ones, at the finest scale that sees enough of them (else the image's visible mean).
+    images [B,H,W,3], hidden [B,H,W,1] -> [B,H,W,3]."""
     visible = 1.0 - hidden
     seen = images * visible
     total = tf.maximum(tf.reduce_sum(visible, [1, 2], keepdims=True), 1.0)
     guess = tf.broadcast_to(tf.reduce_sum(seen, [1, 2], keepdims=True) / total, tf.shape(images))
-    stacked = tf.concat([seen, visible], -1)  # [B,32,32,4]: blurred together, then divided
+    stacked = tf.concat([seen, visible], -1)  # [B,H,W,4]: blurred together, then divided
     for sigma in SIGMAS:
         g = _gaussian(sigma)
         r = len(g) // 2
@@ -71,22 +72,93 @@ def first_guess(images, hidden):
 def smooth_fill(images, mask, steps: int = CG_STEPS):
     """images [B,32,32,3] in [0,1], mask [B,64] bool -> [B,32,32,3]: visible pixels unchanged,
     hidden ones approximately minimising the squared Laplacian (biharmonic inpainting)."""
+    return fill_pixels(images, pixel_mask(mask), steps)
+
+
+def fill_pixels(images, hidden, steps: int = CG_STEPS, unroll: bool = True, start=None):
+    """smooth_fill for any image size and hidden pixels: images [B,H,W,3] in [0,1], hidden
+    [B,H,W,1] (1 = hidden) -> [B,H,W,3]. unroll=False: the steps as a graph loop, which keeps a
+    long fill's graph small (100 unrolled steps take seconds to trace). start: a first guess
+    of the hidden pixels [B,H,W,3] (default: first_guess's)."""
     images = tf.cast(images, tf.float32)
-    hidden = tf.cast(pixel_mask(mask), tf.float32)  # [B,32,32,1]
-    x = first_guess(images, hidden)
+    hidden = tf.cast(hidden, tf.float32)
+    x = first_guess(images, hidden) if start is None else images * (1.0 - hidden) + tf.cast(start, tf.float32) * hidden
 
     def normal(p):  # the normal operator restricted to the hidden pixels: symmetric, positive semi-definite
         return hidden * laplacian_adjoint(laplacian(hidden * p))
 
-    r = -hidden * laplacian_adjoint(laplacian(x))  # minus the gradient of the energy
-    p, rr = r, tf.reduce_sum(r * r, [1, 2], keepdims=True)  # per image and channel
-    for _ in range(steps):
+    def step(x, r, p, rr):
         q = normal(p)
         # A converged image/channel has rr ~ 0: stop moving it rather than divide noise by noise.
         alive = rr > 1e-12
         alpha = tf.where(alive, rr / tf.maximum(tf.reduce_sum(p * q, [1, 2], keepdims=True), 1e-30), 0.0)
         x, r = x + alpha * p, r - alpha * q
         rr_next = tf.reduce_sum(r * r, [1, 2], keepdims=True)
-        p = r + tf.where(alive, rr_next / tf.maximum(rr, 1e-30), 0.0) * p
-        rr = rr_next
+        return x, r, r + tf.where(alive, rr_next / tf.maximum(rr, 1e-30), 0.0) * p, rr_next
+
+    r = -hidden * laplacian_adjoint(laplacian(x))  # minus the gradient of the energy
+    state = (x, r, r, tf.reduce_sum(r * r, [1, 2], keepdims=True))  # x, residual, direction, |r|^2 per image and channel
+    if unroll:
+        for _ in range(steps):
+            state = step(*state)
+    else:
+        state = tf.while_loop(lambda *_: True, step, state, maximum_iterations=steps)
+    x = state[0]
     return tf.clip_by_value(x, 0.0, 1.0)
+
+
+# A picture's own fill, for blending with a model's prediction (images.reconstruct_image): run
+# to near convergence, and over windows that reach across tile borders, since unlike the model's
+# input it is not tied to one 32x32 tile. 100 steps: on eight photographs and drawings, ahead of
+# 40 and 24 steps by 0.05-0.15 dB in the blend (flat-colour drawings need the most).
+LONG_STEPS = 100
+MARGIN = 16  # pixels of context around each window's core: holes are at most 4 patches across
+
+
+@tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32), tf.TensorSpec([None, None, None, 1], tf.float32)])
+def _long_fill(images, hidden):
+    """Coarse to fine: first solve on the picture halved (a quarter of the cost per step), whose
+    solution, enlarged, starts the full-size solve. Row and column masks make long hidden
+    stripes, on which conjugate gradients converge slowly from a local guess; on a 512x512 photo
+    at 100 steps this halved the distance to the exact solution on row masks (4.0 against 5.9
+    grey levels RMS; column 2.3 against 5.0)."""
+    visible = 1.0 - hidden
+    half = tf.nn.avg_pool2d(images * visible, 2, 2, "VALID") / tf.maximum(tf.nn.avg_pool2d(visible, 2, 2, "VALID"), 1e-6)
+    half_hidden = 1.0 - tf.nn.max_pool2d(visible, 2, 2, "VALID")  # hidden where all four pixels are
+    coarse = fill_pixels(half, half_hidden, LONG_STEPS, unroll=False)
+    start = tf.image.resize(coarse, tf.shape(images)[1:3], "bilinear")
+    return fill_pixels(images, hidden, LONG_STEPS, unroll=False, start=start)
+
+
+def fill_windows(canvas: np.ndarray, hidden: np.ndarray, corners: list, size: tuple[int, int], batch: int):
+    """Fill the hidden pixels of windows of a picture, each from its own surroundings.
+
+    canvas uint8 [H,W,3], hidden bool [H,W], corners [(y, x), ...] of cores of `size` (h, w)
+    (anywhere in the picture: it is reflected at its edges). Yields, per `batch` of corners,
+    (first index, filled cores float32 [n,h,w,3] on the 0-255 scale). Each core is filled with
+    MARGIN more pixels on every side."""
+    pad = ((MARGIN, MARGIN + size[0]), (MARGIN, MARGIN + size[1]))
+    big = np.pad(canvas, pad + ((0, 0),), mode="symmetric")
+    big_hidden = np.pad(hidden, pad, mode="symmetric")
+    h, w = size[0] + 2 * MARGIN, size[1] + 2 * MARGIN
+    for i in range(0, len(corners), batch):
+        chunk = corners[i : i + batch]
+        x = np.stack([big[y : y + h, c : c + w] for y, c in chunk]).astype(np.float32) / 255.0
+        hid = np.stack([big_hidden[y : y + h, c : c + w] for y, c in chunk])[..., None].astype(np.float32)
+        yield i, _long_fill(x, hid).numpy()[:, MARGIN:-MARGIN, MARGIN:-MARGIN] * 255.0
+
+
+def fill_picture(canvas: np.ndarray, hidden: np.ndarray, rows: slice = slice(None), core: int = 256) -> np.ndarray:
+    """The long fill of a picture's rows: canvas uint8 [H,W,3], hidden bool [H,W] -> float32
+    [len(rows),W,3] on the 0-255 scale, from the whole picture around them. Computed over
+    windows of about `core` pixels a side, a few at a time (bounded memory for large photos),
+    cut evenly so no window is mostly margin."""
+    top, bottom, _ = rows.indices(hidden.shape[0])
+    h, w = bottom - top, hidden.shape[1]
+    size = (-(-h // -(-h // core)), -(-w // -(-w // core)))  # the rows in equal parts of at most `core`
+    corners = [(y, x) for y in range(top, bottom, size[0]) for x in range(0, w, size[1])]
+    out = np.empty((h, w, 3), np.float32)
+    for first, cores in fill_windows(canvas, hidden, corners, size, batch=4):
+        for (y, x), c in zip(corners[first:], cores):
+            out[y - top : y - top + size[0], x : x + size[1]] = c[: bottom - y, : w - x]
+    return out

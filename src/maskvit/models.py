@@ -107,6 +107,16 @@ class MaskedModel(keras.Model):
         """Inference: the composite of visible original patches and predicted hidden ones."""
         return composite(images, self((images, mask), training=False), mask)
 
+    @tf.function(input_signature=[tf.TensorSpec([None, IMAGE, IMAGE, 3], tf.float32), tf.TensorSpec([None, N_PATCHES], tf.bool)])
+    def reconstruct_and_fill(self, images, mask):
+        """Inference with the classical answer beside it: the composites of the model's prediction
+        and of the smooth (biharmonic) fill, for the same masks. [B,32,32,3] each."""
+        predicted, fill = self.predict_and_fill(images, mask)
+        return composite(images, predicted, mask), composite(images, fill, mask)
+
+    def predict_and_fill(self, images, mask):
+        return self((images, mask), training=False), inpaint.smooth_fill(images, mask)
+
     def get_config(self):
         return {**super().get_config(), **self.hparams}
 
@@ -237,12 +247,19 @@ class RefineMAE(MAE):
         self.gate = keras.layers.Dense(PATCH_DIM, activation="sigmoid", dtype="float32", name="gate", **zeros)
 
     def call(self, inputs, training=False):
-        images, mask = inputs
-        fill = patchify(tf.stop_gradient(inpaint.smooth_fill(images, mask, self.hparams["fill_steps"])))  # [B,64,48]
+        return self._refine(*inputs, training)[0]
+
+    def predict_and_fill(self, images, mask):
+        return self._refine(images, mask, False)  # its own fill: no second one to compute
+
+    def _refine(self, images, mask, training):
+        """-> (gated output, fill), [B,32,32,3] each."""
+        fill = tf.stop_gradient(inpaint.smooth_fill(images, mask, self.hparams["fill_steps"]))
+        f = patchify(fill)  # [B,64,48]
         h, restore = self.encode_visible(images, mask, training)
-        d = self.decoder_tokens(h, restore, training, extra=self.fill_embed(fill))  # [B,64,Dd]
+        d = self.decoder_tokens(h, restore, training, extra=self.fill_embed(f))  # [B,64,Dd]
         prediction, g = self.head(d), self.gate(d)  # [B,64,48] each
-        return unpatchify(fill + g * (prediction - fill))
+        return unpatchify(f + g * (prediction - f)), fill
 
 
 @keras.saving.register_keras_serializable(PACKAGE)
