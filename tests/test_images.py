@@ -1,11 +1,12 @@
 import json
+import warnings
 
 import numpy as np
 import pytest
 from PIL import Image
 from skimage.metrics import structural_similarity
 
-from maskvit import images, masking, models
+from maskvit import images, inpaint, masking, models
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +48,7 @@ def test_tiles_round_trip_and_ssim_matches_skimage():
 
 def test_reconstruction_keeps_visible_pixels_and_size(model_file):
     rgb = photo(50, 77)
-    masked, recon = images.reconstruct_image(models.load(model_file), rgb, "row", 0.5, seed=0, batch_size=2)
+    masked, recon, _ = images.reconstruct_image(models.load(model_file), rgb, "row", 0.5, seed=0, batch_size=2)
     assert recon.shape == rgb.shape and masked.shape == rgb.shape
     visible = masked != 128  # hidden patches are shown grey in the masked view
     assert (recon[visible] == rgb[visible]).mean() > 0.99
@@ -64,7 +65,7 @@ def test_hidden_pixels_average_the_shifted_tilings_by_centrality(model_file):
     masks = masking.make_masks("random", 0.5, 4, [seed, 0]).numpy()  # tiles 0 1 / 2 3 of the 64x64 image
     hidden = np.block([[np.kron(masks[0].reshape(8, 8), np.ones((4, 4))), np.kron(masks[1].reshape(8, 8), np.ones((4, 4)))],
                        [np.kron(masks[2].reshape(8, 8), np.ones((4, 4))), np.kron(masks[3].reshape(8, 8), np.ones((4, 4)))]]).astype(bool)
-    _, recon = images.reconstruct_image(net, rgb, "random", 0.5, seed=seed)
+    _, recon, _ = images.reconstruct_image(net, rgb, "random", 0.5, seed=seed, calibrate=False)
 
     def predicted(y, x):  # the 32x32 window at (y, x), reconstructed on its own with the same hidden pixels
         window = rgb[y : y + 32, x : x + 32][None] / np.float32(255)
@@ -76,10 +77,66 @@ def test_hidden_pixels_average_the_shifted_tilings_by_centrality(model_file):
     expected = sum(p * w for p, w in parts) / sum(w for _, w in parts)
     assert np.abs(recon[29, 29] - expected).max() <= 1  # batches of another size may round differently
     assert np.abs(recon[29, 29] - parts[0][0]).max() > 1  # not the unshifted tile's prediction alone
-    _, single = images.reconstruct_image(net, rgb, "random", 0.5, seed=seed, shift=False)  # grids of unrelated images
+    _, single, _ = images.reconstruct_image(net, rgb, "random", 0.5, seed=seed, shift=False, calibrate=False)  # grids of unrelated images
     assert np.abs(single[29, 29] - parts[0][0]).max() <= 1
-    _, one_tile = images.reconstruct_image(net, rgb[:32, :32], "random", 0.5, seed=seed)  # nothing to shift over
+    _, one_tile, _ = images.reconstruct_image(net, rgb[:32, :32], "random", 0.5, seed=seed, calibrate=False)  # nothing to shift over
     assert np.abs(one_tile.astype(int) - predicted(0, 0)).max() <= 1
+
+
+def test_bands_change_nothing(model_file, monkeypatch):
+    """A picture is reconstructed a few tile rows at a time (bounded memory); the shifted tiles on
+    a band's border are predicted for both bands, and the result is that of one band."""
+    net, rgb = models.load(model_file), photo(150, 70)
+    whole = images.reconstruct_image(net, rgb, "column", 0.5, seed=3, calibrate=False).image
+    monkeypatch.setattr(images, "BAND", 1)
+    np.testing.assert_array_equal(images.reconstruct_image(net, rgb, "column", 0.5, seed=3, calibrate=False).image, whole)
+
+
+class HalfwayModel:
+    """A stand-in model that cheats: its prediction is halfway between the truth and the short
+    fill, so the blend that restores the truth is f + 2 (m - f), with no long fill."""
+
+    def reconstruct_and_fill(self, images, mask):
+        fill = masking.composite(images, inpaint.smooth_fill(images, mask), mask)
+        return (images + fill) / 2, fill
+
+
+def test_blend_weights_are_the_least_squares_fit_on_visible_pixels():
+    rgb = (np.random.default_rng(0).random((96, 96, 3)) * 255).astype(np.uint8)
+    tiles, (rows, cols) = images.to_tiles(rgb)
+    masks = masking.make_masks("random", 0.5, len(tiles), [0, 0]).numpy()
+    a, b = images.blend_weights(HalfwayModel(), images._untile(tiles, rows, cols), rgb.shape, masks, "random", seed=0)
+    assert a == pytest.approx(2.0, abs=0.02) and b == pytest.approx(0.0, abs=0.02)  # uint8 rounding aside
+
+
+@pytest.mark.parametrize("size", [(70, 90), (33, 40)])
+def test_calibrated_reconstruction_never_reads_hidden_pixels(model_file, size):
+    """Not even through the reflection that pads a picture to whole tiles."""
+    net, rgb = models.load(model_file), photo(*size)
+    first = images.reconstruct_image(net, rgb, "row", 0.5, seed=1)
+    tiles, grid = images.to_tiles(rgb)
+    masks = masking.make_masks("row", 0.5, len(tiles), [1, 0])
+    hidden = images.from_tiles(masking.pixel_mask(masks).numpy(), grid, rgb.shape).repeat(3, -1)
+    tampered = np.where(hidden, 255 - rgb, rgb)
+    second = images.reconstruct_image(net, tampered, "row", 0.5, seed=1)
+    assert second.weights == first.weights and first.weights != (1.0, 0.0)
+    assert first.image.shape == rgb.shape and np.isfinite(first.weights).all()
+    np.testing.assert_array_equal(second.image[~hidden], tampered[~hidden])
+    np.testing.assert_array_equal(second.image[hidden], first.image[hidden])
+
+
+def test_a_tile_hidden_whole_by_the_padding_still_reconstructs(model_file):
+    """Padding patches that would show hidden pixels are hidden too; here that hides a whole
+    tile, which no model can reconstruct: its pixels take the long fill, with no NaN in sight."""
+    net, rgb = models.load(model_file), photo(33, 40)
+    tiles, grid = images.to_tiles(rgb)
+    masks = images._hide_reflections(masking.make_masks("row", 0.5, len(tiles), [5, 0]).numpy(), rgb.shape, grid)
+    assert (masks.sum(axis=1) == masking.N_PATCHES).any()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # NaN cast to uint8 warns
+        for calibrate in (False, True):
+            result = images.reconstruct_image(net, rgb, "row", 0.5, seed=5, calibrate=calibrate)
+            assert result.image.shape == rgb.shape and np.isfinite(result.weights).all()
 
 
 def make_bad(tmp_path, kind):
@@ -116,6 +173,19 @@ def test_bad_image_is_reported_and_good_ones_still_processed(kind, message, tmp_
     assert [r["image"] for r in result["images"]] == [str(good)] and result["failed"] == [str(bad)]
     panel = np.asarray(Image.open(out_dir / "good_column50_panel.png"))
     assert panel.shape[0] == 45 and panel.shape[1] > 3 * 70
+
+
+def test_reconstruct_reports_the_blend_and_can_skip_it(tmp_path, model_file, cli):
+    picture = tmp_path / "pic.png"
+    Image.fromarray(photo(60, 80)).save(picture)
+    blends = {}
+    for flag in ("--calibrate", "--no-calibrate"):
+        code, out, err = cli("reconstruct", picture, "--model", model_file, "--output", tmp_path / flag, "--json", tmp_path / "r.json", flag)
+        assert code == 0 and "model weight" in out
+        blends[flag] = json.loads((tmp_path / "r.json").read_text())["images"][0]["blend"]
+    assert blends["--no-calibrate"] == {"prediction": 1.0, "long_fill": 0.0, "short_fill": 0.0}
+    assert blends["--calibrate"] != blends["--no-calibrate"]
+    assert sum(blends["--calibrate"].values()) == pytest.approx(1.0)
 
 
 def test_reconstruct_rejects_other_architectures(tmp_path, cli):

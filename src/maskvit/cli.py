@@ -361,7 +361,8 @@ def _summary_markdown(result: dict) -> str:
 ModelOpt = typer.Option(None, "--model", help="A .keras file written by maskvit train (default: the shipped model).")
 
 
-def _reconstruct_files(net, paths: list[Path], mask: str, ratio: float, seed: int, output: Path, shift: bool = True) -> tuple[list[dict], list[str]]:
+def _reconstruct_files(net, paths: list[Path], mask: str, ratio: float, seed: int, output: Path, shift: bool = True,
+                       calibrate: bool = True) -> tuple[list[dict], list[str]]:
     """Reconstruct each file; a bad file is reported and skipped, the others still run."""
     from rich.progress import Progress
 
@@ -373,7 +374,8 @@ def _reconstruct_files(net, paths: list[Path], mask: str, ratio: float, seed: in
             try:
                 rgb = images.read_rgb(path)
                 task = bar.add_task(f"{path.name}", total=None)
-                masked, recon = images.reconstruct_image(net, rgb, mask, ratio, seed, on_batch=lambda done, total: bar.update(task, completed=done, total=total), shift=shift)
+                masked, recon, (a, b) = images.reconstruct_image(net, rgb, mask, ratio, seed, shift=shift, calibrate=calibrate,
+                                                                 on_batch=lambda done, total: bar.update(task, completed=done, total=total))
                 bar.remove_task(task)
                 stem = f"{path.stem}_{mask}{round(ratio * 100)}"
                 panel_path, recon_path = output / f"{stem}_panel.png", output / f"{stem}_reconstructed.png"
@@ -381,6 +383,7 @@ def _reconstruct_files(net, paths: list[Path], mask: str, ratio: float, seed: in
                 images.save_png(panel_path, np.concatenate([rgb, gap, masked, gap, recon], axis=1))
                 images.save_png(recon_path, recon)
                 rows.append({"image": str(path), "width": rgb.shape[1], "height": rgb.shape[0], "strategy": mask, "ratio": ratio, "shifted_tilings": shift,
+                             "blend": {"prediction": a, "long_fill": b, "short_fill": 1 - a - b},
                              "panel": str(panel_path), "reconstructed": str(recon_path), **images.image_scores(rgb, recon)})
             except MaskvitError as e:
                 err_console.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
@@ -390,11 +393,11 @@ def _reconstruct_files(net, paths: list[Path], mask: str, ratio: float, seed: in
 
 def _images_table(rows: list[dict]) -> Table:
     table = Table(title="reconstructions")
-    for col in ("image", "size", "mask", "MSE", "PSNR dB", "SSIM", "panel"):
-        table.add_column(col, justify="right" if col in ("MSE", "PSNR dB", "SSIM") else "left")
+    for col in ("image", "size", "mask", "MSE", "PSNR dB", "SSIM", "model weight", "panel"):
+        table.add_column(col, justify="right" if col in ("MSE", "PSNR dB", "SSIM", "model weight") else "left")
     for r in rows:
         table.add_row(Path(r["image"]).name, f"{r['width']}x{r['height']}", f"{r['strategy']} {r['ratio']:.2f}", f"{r['mse']:.5f}",
-                      f"{r['psnr']:.2f}", f"{r['ssim']:.4f}", Path(r["panel"]).name)
+                      f"{r['psnr']:.2f}", f"{r['ssim']:.4f}", f"{r['blend']['prediction']:.2f}", Path(r["panel"]).name)
     return table
 
 
@@ -408,6 +411,7 @@ def reconstruct(
     seed: int = SeedOpt,
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write per-image metrics to this JSON file."),
     shift: bool = typer.Option(True, "--shift/--no-shift", help="Also predict from tilings shifted by half a tile, so patches on tile borders get context (default); --no-shift for pictures that are grids of unrelated 32x32 images, such as CIFAR-10 mosaics."),
+    calibrate: bool = typer.Option(True, "--calibrate/--no-calibrate", help="Blend the model's prediction with smooth (biharmonic) fills, weighted by how well each restores extra patches hidden from the picture's own visible ones (default; the model's weight is printed); --no-calibrate: the model's prediction alone."),
 ):
     """Hide patches of your own images and reconstruct them (32x32 tiles, 4x4 patches)."""
     from . import masking, models
@@ -416,7 +420,7 @@ def reconstruct(
     masking.check(mask, ratio)
     net = models.load(model_path)
     ensure_folder(output)
-    rows, failures = _reconstruct_files(net, paths, mask, ratio, seed, output, shift)
+    rows, failures = _reconstruct_files(net, paths, mask, ratio, seed, output, shift, calibrate)
     if rows:
         console.print(_images_table(rows))
         console.print(f"outputs in {output}/")
