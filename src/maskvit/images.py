@@ -262,7 +262,9 @@ def blend_weights(model, canvas: np.ndarray, shape: tuple[int, ...], masks: np.n
         predicted, fill = _tilings(model, sub, test_hidden, (0, h), _tilings_plan(h, w, (0, h), shift), batch_size, lambda n: None, with_fill=True)
         long_fill = inpaint.fill_picture(sub, test_hidden)[test_hidden]
         held = _untile(masking.pixel_mask(extra).numpy(), h, w)[..., 0][test_hidden]  # the extra patches, among the hidden pixels
-        held &= ~np.isnan(predicted[:, 0])  # not where every tile was hidden whole
+        inside = np.zeros(test_hidden.shape, bool)  # the picture itself, not the padding: only it is scored
+        inside[: shape[0] - TILE * y, : shape[1] - TILE * x] = True
+        held &= inside[test_hidden] & ~np.isnan(predicted[:, 0])  # (NaN: every tile there was hidden whole)
         truth = sub[test_hidden][held].astype(np.float64)
         columns.append(np.stack([predicted[held] - fill[held], long_fill[held] - fill[held]], axis=-1).reshape(-1, 2))
         target.append((truth - fill[held]).ravel())
