@@ -134,12 +134,13 @@ def reconstruct_image(model, image: np.ndarray, strategy: str, ratio: float, see
     weights = blend_weights(model, canvas, image.shape, masks, strategy, seed, batch_size, shift) if calibrate else (1.0, 0.0)
     bands = [(r, min(r + BAND, rows)) for r in range(0, rows, BAND)]
     plans = [_tilings_plan(rows, cols, band, shift) for band in bands]
-    total, done = sum(n * (cols + dx) for plan in plans for _, dx, _, n in plan), 0
+    tile_counts = [sum(n * (cols + dx) for _, dx, _, n in plan) for plan in plans]  # for progress
+    total, done = sum(tile_counts), 0
     out = canvas.copy()
-    for (r0, r1), plan in zip(bands, plans):
+    for (r0, r1), plan, count in zip(bands, plans, tile_counts):
         here = slice(r0 * TILE, r1 * TILE)
         predicted, *fill = _tilings(model, canvas, hidden, (r0, r1), plan, batch_size, lambda n: on_batch and on_batch(done + n, total), calibrate)
-        done += sum(n * (cols + dx) for _, dx, _, n in plan)
+        done += count
         missing = np.isnan(predicted[:, 0])  # rare: small pictures whose padding hid a whole tile
         if calibrate or missing.any():
             long_fill = inpaint.fill_picture(canvas, hidden, here)[hidden[here]]
@@ -160,8 +161,7 @@ def _hide_reflections(masks: np.ndarray, shape: tuple[int, ...], grid: tuple[int
     cost 0.4-0.9 dB on a 500x500 drawing: false edges beside the border tiles.)"""
     (h, w), (rows, cols) = shape[:2], grid
     hidden = _untile(masking.pixel_mask(masks).numpy(), rows, cols)[..., 0]
-    source_rows = np.pad(np.arange(h), (0, rows * TILE - h), mode="symmetric")  # where each canvas pixel comes from
-    source_cols = np.pad(np.arange(w), (0, cols * TILE - w), mode="symmetric")
+    source_rows, source_cols = _source(h, 0, rows * TILE - h), _source(w, 0, cols * TILE - w)  # where each canvas pixel comes from
     shows_hidden = hidden[source_rows][:, source_cols] & ~hidden  # [rows*32, cols*32]
     per_patch = shows_hidden.reshape(rows, TILE // masking.PATCH, masking.PATCH, cols, TILE // masking.PATCH, masking.PATCH).any(axis=(2, 5))
     return masks | per_patch.transpose(0, 2, 1, 3).reshape(rows * cols, masking.N_PATCHES)
@@ -175,10 +175,10 @@ def _tilings_plan(rows: int, cols: int, band: tuple[int, int], shift: bool) -> l
     return [(dy, dx, band[0], band[1] + dy - band[0]) for dy in shifts[0] for dx in shifts[1]]
 
 
-def _reflect(index: np.ndarray, n: int) -> np.ndarray:
-    """Indices reaching up to n beyond [0, n) folded back as by np.pad's "symmetric" mode."""
-    index = np.where(index < 0, -index - 1, index)
-    return np.where(index >= n, 2 * n - 1 - index, index)
+def _source(n: int, before: int, after: int) -> np.ndarray:
+    """For each position of an axis of length n padded by reflection (np.pad's "symmetric"
+    mode), the index it copies."""
+    return np.pad(np.arange(n), (before, after), mode="symmetric")
 
 
 def _tilings(model, canvas: np.ndarray, hidden: np.ndarray, band: tuple[int, int], plan, batch_size: int, on_batch,
@@ -189,15 +189,16 @@ def _tilings(model, canvas: np.ndarray, hidden: np.ndarray, band: tuple[int, int
     rows, cols = canvas.shape[0] // TILE, canvas.shape[1] // TILE
     lo_row, hi_row = band[0] * TILE, band[1] * TILE
     first_hidden = np.concatenate([[0], np.cumsum(hidden[lo_row:hi_row].sum(axis=1))])  # per row here: index of its first hidden pixel
+    # Beyond the canvas, half a tile of reflection; patch boundaries stay on the 4-pixel grid.
+    source_rows, source_cols = _source(rows * TILE, HALF, HALF), _source(cols * TILE, HALF, HALF)
     sums = [np.zeros((first_hidden[-1], 3), np.float32) for _ in range(1 + with_fill)]  # weighted sums over tilings
     weights = np.zeros(first_hidden[-1], np.float32)
     done = 0
     for dy, dx, t0, n in plan:
         n_cols = cols + dx
         top = t0 * TILE - HALF * dy  # the canvas row of this tiling's first row here
-        # Beyond the canvas, half a tile of reflection; patch boundaries stay on the 4-pixel grid.
-        ys = _reflect(np.arange(top, top + n * TILE), rows * TILE)
-        xs = _reflect(np.arange(-HALF * dx, n_cols * TILE - HALF * dx), cols * TILE)
+        ys = source_rows[HALF + top : HALF + top + n * TILE]
+        xs = source_cols[HALF * (1 - dx) : HALF * (1 - dx) + n_cols * TILE]
         region, region_hidden = canvas[ys][:, xs], hidden[ys][:, xs]
         t_masks = _tile(region_hidden[..., None], n, n_cols)[:, ::masking.PATCH, ::masking.PATCH, 0].reshape(-1, masking.N_PATCHES)
         outputs, usable = _predict(model, _tile(region, n, n_cols), t_masks, batch_size, lambda k: on_batch(done + k), with_fill)
