@@ -17,12 +17,32 @@ def interior_mask(n, seed):
     return grid.reshape(n, 64)
 
 
-def test_laplacian_adjoint_is_its_transpose():
+def test_laplacian_is_the_mirrored_five_point_stencil_and_its_own_adjoint():
     rng = np.random.default_rng(0)
-    x, y = (tf.constant(rng.random((2, 32, 32, 3)), tf.float32) for _ in range(2))
-    lhs = tf.reduce_sum(inpaint.laplacian(x) * y).numpy()
-    rhs = tf.reduce_sum(x * inpaint.laplacian_adjoint(y)).numpy()
-    assert abs(lhs - rhs) < 1e-4 * abs(lhs)
+    x, y = (rng.random((2, 3, 9, 7)) for _ in range(2))  # [B,C,H,W]
+    p = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)), mode="symmetric")
+    stencil = p[:, :, :-2, 1:-1] + p[:, :, 2:, 1:-1] + p[:, :, 1:-1, :-2] + p[:, :, 1:-1, 2:] - 4 * p[:, :, 1:-1, 1:-1]
+    np.testing.assert_allclose(inpaint.laplacian(tf.constant(x)).numpy(), stencil, atol=1e-12)
+    # Self-adjoint, so the solver's normal operator L'L is L applied twice.
+    lhs = tf.reduce_sum(inpaint.laplacian(tf.constant(x)) * y).numpy()
+    rhs = tf.reduce_sum(x * inpaint.laplacian(tf.constant(y))).numpy()
+    assert abs(lhs - rhs) < 1e-12 * abs(lhs)
+
+
+def test_first_guess_blurs_as_a_zero_padded_convolution():
+    rng = np.random.default_rng(1)
+    images = rng.random((2, 3, 20, 13))
+    hidden = (rng.random((2, 1, 20, 13)) < 0.7).astype(np.float64)
+    blurred = [inpaint._blur_matrix(n, 2.0).numpy() for n in (20, 13)]
+    # The same blur, done the long way: pad with zeros, correlate with the kernel along each axis.
+    g = inpaint._gaussian(2.0)
+    r = len(g) // 2
+    padded = np.pad(images, ((0, 0), (0, 0), (r, r), (r, r)))
+    rows = sum(g[k] * padded[:, :, k : k + 20] for k in range(len(g)))
+    expected = sum(g[k] * rows[..., k : k + 13] for k in range(len(g)))
+    np.testing.assert_allclose(blurred[0] @ images @ blurred[1], expected, atol=1e-6)
+    guess = inpaint.first_guess(tf.constant(images, tf.float32), tf.constant(hidden, tf.float32)).numpy()
+    np.testing.assert_array_equal(guess[hidden.repeat(3, 1) == 0], images[hidden.repeat(3, 1) == 0].astype(np.float32))
 
 
 def test_fill_keeps_visible_pixels_and_reproduces_a_linear_ramp():
@@ -36,7 +56,7 @@ def test_fill_keeps_visible_pixels_and_reproduces_a_linear_ramp():
     # The solver converges to it; the default step count stops short (on purpose), a fifth of
     # the first guess's error away.
     assert np.abs(inpaint.smooth_fill(ramp, mask, steps=120).numpy() - ramp)[hidden].max() < 1e-5
-    guess = inpaint.first_guess(tf.constant(ramp), tf.cast(masking.pixel_mask(mask), tf.float32)).numpy()
+    guess = inpaint.fill_pixels(ramp, masking.pixel_mask(mask), steps=0).numpy()  # the first guess alone
     assert np.abs(out - ramp)[hidden].mean() < np.abs(guess - ramp)[hidden].mean() / 5
 
 
