@@ -109,6 +109,31 @@ def test_blend_weights_are_the_least_squares_fit_on_visible_pixels():
     assert a == pytest.approx(2.0, abs=0.02) and b == pytest.approx(0.0, abs=0.02)  # uint8 rounding aside
 
 
+@pytest.mark.parametrize("size, passes", [((32, 32), 8), ((64, 96), 2), ((160, 128), 4)])
+def test_calibration_sees_about_as_many_tiles_whatever_the_picture_size(size, passes, monkeypatch):
+    """A small picture is calibrated whole under several extra masks (one left its weights to
+    chance), a large one on crops, each crop or pass with an extra mask of its own. (Budget
+    scaled down: 16 tiles, 4 crops of 2x2 tiles.)"""
+    for name, value in (("CALIBRATION_TILES", 16), ("CROP", 2), ("CALIBRATION_CROPS", 4)):
+        monkeypatch.setattr(images, name, value)
+    rgb = (np.random.default_rng(0).random(size + (3,)) * 255).astype(np.uint8)
+    tiles, (rows, cols) = images.to_tiles(rgb)
+    masks = masking.make_masks("random", 0.5, len(tiles), [0, 0]).numpy()
+    seen, tilings = [], images._tilings
+
+    def recording(model, canvas, hidden, *args, **kwargs):
+        seen.append((canvas.shape, hidden.copy()))
+        return tilings(model, canvas, hidden, *args, **kwargs)
+
+    monkeypatch.setattr(images, "_tilings", recording)
+    images.blend_weights(HalfwayModel(), images._untile(tiles, rows, cols), rgb.shape, masks, "random", seed=0)
+    assert len(seen) == passes
+    assert sum(h.size for _, h in seen) / (32 * 32) <= images.CALIBRATION_TILES
+    if rows * cols <= 16:  # whole picture: the same canvas, different extra patches hidden each time
+        assert all(shape == (rows * 32, cols * 32, 3) for shape, _ in seen)
+        assert len({h.tobytes() for _, h in seen}) == passes
+
+
 @pytest.mark.parametrize("size", [(70, 90), (33, 40)])
 def test_calibrated_reconstruction_never_reads_hidden_pixels(model_file, size):
     """Not even through the reflection that pads a picture to whole tiles."""
