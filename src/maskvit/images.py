@@ -235,8 +235,9 @@ def blend_weights(model, canvas: np.ndarray, shape: tuple[int, ...], masks: np.n
     """The weights a, b >= 0 minimising the squared error of f + a * (m - f) + b * (g - f) on
     this picture's own visible pixels (m, f, g: see reconstruct_image; canvas: the picture of
     `shape` padded to whole tiles, masks: its tiles' masks): some visible patches are
-    hidden as well, the picture (or crops of it) is reconstructed exactly as in
-    reconstruct_image, and (a, b) is the non-negative least-squares fit on those patches.
+    hidden as well, the picture (whole, under several such extra masks, or crops of it) is
+    reconstructed exactly as in reconstruct_image, and (a, b) is the non-negative least-squares
+    fit on those patches, all passes or crops pooled.
 
     Why: the model learnt on CIFAR-10 how far to trust its prediction over the short fill, and on
     other pictures that trust can be off: smooth photographs want more fill, flat-colour
