@@ -40,7 +40,9 @@ def test_hidden_pixels_do_not_leak(model, strategy):
 def test_seed_architecture_is_the_reference():
     m = models.build("seed")
     assert m.count_params() == 550_832  # 48->128 embed, 64x128 positions, 4 blocks, LN, 128->48
-    assert [type(layer).__name__ for layer in m.blocks[0]._layers if hasattr(layer, "name")][:3] == ["LayerNormalization", "MultiHeadAttention", "LayerNormalization"]
+    first = [layer for layer in m.blocks[0]._layers if hasattr(layer, "name")][:3]
+    assert [isinstance(layer, kind) for layer, kind in zip(first, (keras.layers.LayerNormalization, keras.layers.MultiHeadAttention,
+                                                                    keras.layers.LayerNormalization))] == [True] * 3
     assert m.blocks[0].attn._num_heads == 4 and m.blocks[0].attn._key_dim == 32 and m.blocks[0].dropout == 0.1
 
 
@@ -104,3 +106,43 @@ def test_mixed_precision_model_loads_for_float32_inference(tmp_path):
         np.testing.assert_array_equal(a, b)
     images, mask = batch()
     np.testing.assert_allclose(loaded((images, mask)).numpy(), trained((images, mask)).numpy(), atol=0.05)
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_block_equals_the_plain_keras_block(policy, dropout):
+    """Block computes attention by matmuls and GELU in float32; with the same weights it must give
+    what the plain Keras layers (MultiHeadAttention, Dense with gelu) give, outputs and gradients."""
+
+    class Plain(keras.layers.Layer):
+        def __init__(self):
+            super().__init__()
+            self.norm1, self.norm2 = keras.layers.LayerNormalization(epsilon=1e-6), keras.layers.LayerNormalization(epsilon=1e-6)
+            self.attn = keras.layers.MultiHeadAttention(4, key_dim=32, dropout=dropout)
+            self.fc1, self.fc2 = keras.layers.Dense(256, activation="gelu"), keras.layers.Dense(128)
+
+        def call(self, x):
+            h = self.norm1(x)
+            x = x + self.attn(h, h)
+            return x + self.fc2(self.fc1(self.norm2(x)))
+
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        block, plain = models.Block(128, 4, 256, dropout), Plain()
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    x = tf.random.stateless_normal([8, 64, 128], seed=[4, 4])
+    block(x), plain(x)
+    for name in ("norm1", "attn", "norm2", "fc1", "fc2"):
+        getattr(plain, name).set_weights(getattr(block, name).get_weights())
+    outs, grads = [], []
+    for layer in (block, plain):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = tf.cast(layer(x), tf.float32)  # inference: dropout off
+            loss = tf.reduce_sum(tf.sin(y))
+        outs.append(y.numpy()), grads.append(tape.gradient(loss, x).numpy())
+    # bf16: two rounding steps at these magnitudes (|values| up to ~5, where a bf16 step is 1/32).
+    tol = 1e-5 if policy == "float32" else 0.07
+    np.testing.assert_allclose(outs[0], outs[1], atol=tol)
+    np.testing.assert_allclose(grads[0], grads[1], atol=tol)

@@ -35,6 +35,26 @@ def masked_mse(images, predicted, mask):
 
 
 @keras.saving.register_keras_serializable(PACKAGE)
+class Attention(keras.layers.MultiHeadAttention):
+    """Keras's multi-head attention, same weights and arithmetic, with the scores and their
+    mixing done by batched matmuls on [B,heads,T,key_dim]: on a 2-core EPYC, TensorFlow 2.21's
+    einsums took 1.4-1.8x longer than matmuls here, forward and backward, making mae training
+    ~12% faster (seed ~2%, where dropout costs more)."""
+
+    def _compute_attention(self, query, key, value, attention_mask=None, training=None, return_attention_scores=False,
+                           use_causal_mask=False):
+        if attention_mask is not None or use_causal_mask or return_attention_scores:
+            return super()._compute_attention(query, key, value, attention_mask, training, return_attention_scores, use_causal_mask)
+        q, k, v = (tf.transpose(t, [0, 2, 1, 3]) for t in (query, key, value))  # [B,T,N,H] -> [B,N,T,H]
+        # As Keras's dot_product_attention: logits and softmax in float32 whatever the compute dtype.
+        logits = tf.cast(tf.matmul(q, k, transpose_b=True), tf.float32) * self._inverse_sqrt_key_dim  # [B,N,T,S]
+        probs = tf.cast(tf.nn.softmax(logits), v.dtype)
+        if self._dropout > 0.0:
+            probs = self._dropout_layer(probs, training=training)
+        return tf.transpose(tf.matmul(probs, v), [0, 2, 1, 3]), None  # [B,T,N,H]
+
+
+@keras.saving.register_keras_serializable(PACKAGE)
 class Block(keras.layers.Layer):
     """Pre-LN transformer block: x + MHA(LN(x)), then x + MLP(LN(x)).  [B,T,D] -> [B,T,D]"""
 
@@ -42,9 +62,9 @@ class Block(keras.layers.Layer):
         super().__init__(**kwargs)
         self.dim, self.heads, self.mlp_dim, self.dropout = dim, heads, mlp_dim, dropout
         self.norm1 = keras.layers.LayerNormalization(epsilon=1e-6)
-        self.attn = keras.layers.MultiHeadAttention(heads, key_dim=dim // heads, dropout=dropout)
+        self.attn = Attention(heads, key_dim=dim // heads, dropout=dropout)
         self.norm2 = keras.layers.LayerNormalization(epsilon=1e-6)
-        self.fc1 = keras.layers.Dense(mlp_dim, activation="gelu")
+        self.fc1 = keras.layers.Dense(mlp_dim)
         self.fc2 = keras.layers.Dense(dim)
         self.drop1 = keras.layers.Dropout(dropout)
         self.drop2 = keras.layers.Dropout(dropout)
@@ -52,7 +72,10 @@ class Block(keras.layers.Layer):
     def call(self, x, training=False):
         h = self.norm1(x)
         x = x + self.attn(h, h, training=training)
-        h = self.drop1(self.fc1(self.norm2(x)), training=training)
+        h = self.fc1(self.norm2(x))
+        # Exact GELU in float32 even under bf16: TensorFlow's bf16 erfc is 1.5x slower than the casts.
+        h = tf.cast(tf.nn.gelu(tf.cast(h, tf.float32), approximate=False), h.dtype)
+        h = self.drop1(h, training=training)
         return x + self.drop2(self.fc2(h), training=training)
 
     def get_config(self):
