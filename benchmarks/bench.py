@@ -2,7 +2,7 @@
 
     python benchmarks/bench.py --data PATH [--skip-eval] [--target-epochs 10] [--workers]
 
-1. Training throughput (images/s, median of timed windows after warm-up) of the seed and mae
+1. Training throughput (images/s, median of interleaved timed windows) of the seed and mae
    presets through maskvit's real pipeline (tf.data masks + Keras fit), beside a plain
    tf.function training step of the seed model on in-memory tensors, in the same run.
 2. Evaluation throughput of `evaluate --grid` (5 strategies x 3 ratios, all metrics) on the test set.
@@ -32,26 +32,22 @@ import tensorflow as tf  # noqa: E402
 
 from maskvit import data, evaluate, masking, models, train  # noqa: E402
 
-WARMUP, WINDOW, WINDOWS = 10, 20, 5
+ROUNDS, WARMUP, WINDOW = 6, 3, 20
 
 
 class WindowTimer(keras.callbacks.Callback):
-    """Images/s over consecutive windows of WINDOW steps, after WARMUP steps."""
-
-    def __init__(self, batch_size):
-        super().__init__()
-        self.batch_size, self.marks = batch_size, []
+    """Seconds taken by the last WINDOW steps of a fit call (the WARMUP steps before them untimed)."""
 
     def on_train_batch_end(self, batch, logs=None):
-        if batch >= WARMUP - 1 and (batch - WARMUP + 1) % WINDOW == 0:
-            self.marks.append(time.perf_counter())
+        if batch == WARMUP - 1:
+            self.t0 = time.perf_counter()
+        elif batch == WARMUP + WINDOW - 1:
+            self.seconds = time.perf_counter() - self.t0
 
-    def rate(self):
-        return statistics.median(WINDOW * self.batch_size / (b - a) for a, b in zip(self.marks, self.marks[1:]))
 
-
-def reference_seed_rate(images, batch_size):
-    """The seed model trained by a bare tf.function step on in-memory tensors: no tf.data, no fit."""
+def reference_seed(images, batch_size):
+    """The seed model trained by a bare tf.function step on in-memory tensors: no tf.data, no fit.
+    Returns a function that runs one window and gives its seconds."""
     keras.utils.set_random_seed(0)
     model, opt = models.build("seed"), keras.optimizers.Adam(1e-3)
     x = tf.constant(images[: batch_size * 8].astype(np.float32) / 255.0)
@@ -64,30 +60,54 @@ def reference_seed_rate(images, batch_size):
         opt.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
         return loss
 
-    rates = []
-    for i in range(WARMUP + WINDOW * WINDOWS):
-        j = (i % 8) * batch_size
-        if i >= WARMUP and (i - WARMUP) % WINDOW == 0:
-            t0 = time.perf_counter()
-        step(x[j : j + batch_size], m[j : j + batch_size]).numpy()
-        if i >= WARMUP and (i - WARMUP) % WINDOW == WINDOW - 1:
-            rates.append(WINDOW * batch_size / (time.perf_counter() - t0))
-    return statistics.median(rates)
+    def window():
+        for i in range(WARMUP + WINDOW):
+            if i == WARMUP:
+                t0 = time.perf_counter()
+            j = (i % 8) * batch_size
+            step(x[j : j + batch_size], m[j : j + batch_size]).numpy()
+        return time.perf_counter() - t0
+
+    return window
 
 
-def pipeline_rate(images, preset, batch_size, precision="float32"):
+def preset_fit(images, preset, batch_size, precision="float32"):
+    """A preset trained through maskvit's pipeline (tf.data masks + Keras fit); returns a function
+    that runs one window (a short fit call) and gives its seconds."""
     keras.utils.set_random_seed(0)
     keras.mixed_precision.set_global_policy("mixed_bfloat16" if precision == "bfloat16" else "float32")
     try:
-        model = models.build(preset)
-        # Each preset with its recipe's optimizer: Adam for seed (as the reference step), AdamW for mae.
-        model.compile(optimizer=keras.optimizers.Adam(1e-3) if preset == "seed" else keras.optimizers.AdamW(1e-3))
-        ds, _ = data.train_pipeline(images, batch_size, "random", 0.5, seed=0)
-        timer = WindowTimer(batch_size)
-        model.fit(ds, epochs=1, steps_per_epoch=WARMUP + WINDOW * WINDOWS, callbacks=[timer], verbose=0)
-        return timer.rate()
+        model = models.build(preset)  # layers keep the policy they were built under
     finally:
         keras.mixed_precision.set_global_policy("float32")
+    # Each preset with its recipe's optimizer: Adam for seed (as the reference step), AdamW for mae.
+    model.compile(optimizer=keras.optimizers.Adam(1e-3) if preset == "seed" else keras.optimizers.AdamW(1e-3))
+    ds, _ = data.train_pipeline(images, batch_size, "random", 0.5, seed=0)
+    timer = WindowTimer()
+
+    def window():
+        model.fit(ds, epochs=1, steps_per_epoch=WARMUP + WINDOW, callbacks=[timer], verbose=0)
+        return timer.seconds
+
+    return window
+
+
+def training_rates(images):
+    """Images/s of each contestant, timed in interleaved rounds: this machine's speed drifts by
+    10-20% over minutes, and a ratio of windows run seconds apart is steadier than one of runs
+    minutes apart. Prints each contestant's median rate and the median of its per-round ratios."""
+    contestants = [("plain tf.function seed step, batch 128:       ", 128, reference_seed(images, 128))]
+    for preset, batch, precision in (("seed", 128, "float32"), ("mae", 128, "float32"), ("mae", 256, "float32"), ("mae", 256, "bfloat16"),
+                                     ("mae-refine", 256, "bfloat16")):
+        contestants.append((f"maskvit {preset:10s} fit, batch {batch}, {precision:8s}:", batch, preset_fit(images, preset, batch, precision)))
+    for _, _, window in contestants:  # tracing and the first batches
+        window()
+    rates = [[batch * WINDOW / window() for _, batch, window in contestants] for _ in range(ROUNDS)]
+    for i, (label, _, _) in enumerate(contestants):
+        rate = statistics.median(r[i] for r in rates)
+        ratios = [r[i] / r[0] for r in rates]
+        note = "reference" if i == 0 else f"range {min(ratios):.2f}-{max(ratios):.2f}"
+        print(f"{label} {rate:7.0f}  ({statistics.median(ratios):.2f}x, {note})")
 
 
 def main():
@@ -103,13 +123,9 @@ def main():
     train_images, _ = data.load_split("train", args.data)
     test_images, _ = data.load_split("test", args.data)
 
-    print("\n# training throughput, images/s (median of %d windows of %d steps after %d warm-up steps)" % (WINDOWS, WINDOW, WARMUP))
-    ref = reference_seed_rate(train_images, 128)
-    print(f"plain tf.function seed step, batch 128:        {ref:7.0f}  (reference, 1.00x)")
-    for preset, batch, precision in (("seed", 128, "float32"), ("mae", 128, "float32"), ("mae", 256, "float32"), ("mae", 256, "bfloat16"),
-                                     ("mae-refine", 256, "bfloat16")):
-        rate = pipeline_rate(train_images, preset, batch, precision)
-        print(f"maskvit {preset:10s} fit, batch {batch}, {precision:8s}: {rate:7.0f}  ({rate / ref:.2f}x)")
+    print(f"\n# training throughput, images/s: median of {ROUNDS} interleaved rounds of {WINDOW} steps per contestant"
+          f" ({WARMUP} untimed steps before each); ratio: median of the per-round ratios to the reference")
+    training_rates(train_images)
 
     if not args.skip_eval:
         cells = len(evaluate.GRID_STRATEGIES) * len(evaluate.GRID_RATIOS)
