@@ -17,9 +17,10 @@ def interior_mask(n, seed):
     return grid.reshape(n, 64)
 
 
-def test_laplacian_is_the_mirrored_five_point_stencil_and_its_own_adjoint():
+@pytest.mark.parametrize("shape", [(9, 7), (inpaint.MATRIX_SIDE + 6, 5)])  # by matrix products; by differences
+def test_laplacian_is_the_mirrored_five_point_stencil_and_its_own_adjoint(shape):
     rng = np.random.default_rng(0)
-    x, y = (rng.random((2, 3, 9, 7)) for _ in range(2))  # [B,C,H,W]
+    x, y = (rng.random((2, 3, *shape)) for _ in range(2))  # [B,C,H,W]
     p = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)), mode="symmetric")
     stencil = p[:, :, :-2, 1:-1] + p[:, :, 2:, 1:-1] + p[:, :, 1:-1, :-2] + p[:, :, 1:-1, 2:] - 4 * p[:, :, 1:-1, 1:-1]
     np.testing.assert_allclose(inpaint.laplacian(tf.constant(x)).numpy(), stencil, atol=1e-12)
