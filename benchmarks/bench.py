@@ -117,7 +117,7 @@ def main():
     parser.add_argument("--workers", action="store_true", help="also time 1 process vs 2 local tf.distribute workers")
     parser.add_argument("--target-epochs", type=int, default=0,
                         help="also train the fast recipe (random 50%% masks) for this many epochs, timing PSNR >= 22.75 dB")
-    parser.add_argument("--target-model", default="mae-refine", help="the model trained for --target-epochs (default: mae-refine)")
+    parser.add_argument("--target-model", default="mae-refine", choices=list(models.MODELS), help="the model trained for --target-epochs")
     args = parser.parse_args()
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.processor() or ''} python {platform.python_version()}, "
           f"tensorflow {tf.__version__}, keras {keras.__version__}")
