@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from scipy import optimize
 
-from . import inpaint, masking
+from . import baselines, inpaint, masking
 from .errors import MaskvitError
 from .evaluate import SSIM_WIN, ssim_map
 
@@ -57,6 +57,11 @@ def _tile(canvas: np.ndarray, rows: int, cols: int) -> np.ndarray:
 
 def _untile(tiles: np.ndarray, rows: int, cols: int) -> np.ndarray:
     return tiles.reshape(rows, cols, TILE, TILE, -1).transpose(0, 2, 1, 3, 4).reshape(rows * TILE, cols * TILE, -1)
+
+
+def _hidden_pixels(masks: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """Tile masks [rows*cols,64] -> the canvas's hidden pixels [rows*32, cols*32] bool."""
+    return _untile(baselines.pixel_mask(masks), rows, cols)[..., 0]
 
 
 def to_tiles(image: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
@@ -129,7 +134,7 @@ def reconstruct_image(model, image: np.ndarray, strategy: str, ratio: float, see
     with its height (4000x3000: 1.6 GB peak in all)."""
     tiles, (rows, cols) = to_tiles(image)
     masks = _hide_reflections(masking.make_masks(strategy, ratio, len(tiles), [seed, 0]).numpy(), image.shape, (rows, cols))
-    canvas, hidden = _untile(tiles, rows, cols), _untile(masking.pixel_mask(masks).numpy(), rows, cols)[..., 0]
+    canvas, hidden = _untile(tiles, rows, cols), _hidden_pixels(masks, rows, cols)
     del tiles
     weights = blend_weights(model, canvas, image.shape, masks, strategy, seed, batch_size, shift) if calibrate else (1.0, 0.0)
     bands = [(r, min(r + BAND, rows)) for r in range(0, rows, BAND)]
@@ -160,7 +165,7 @@ def _hide_reflections(masks: np.ndarray, shape: tuple[int, ...], grid: tuple[int
     and the picture's own patches keep their masks. (Filling them with a flat colour instead
     cost 0.4-0.9 dB on a 500x500 drawing: false edges beside the border tiles.)"""
     (h, w), (rows, cols) = shape[:2], grid
-    hidden = _untile(masking.pixel_mask(masks).numpy(), rows, cols)[..., 0]
+    hidden = _hidden_pixels(masks, rows, cols)
     source_rows, source_cols = _source(h, 0, rows * TILE - h), _source(w, 0, cols * TILE - w)  # where each canvas pixel comes from
     shows_hidden = hidden[source_rows][:, source_cols] & ~hidden  # [rows*32, cols*32]
     per_patch = shows_hidden.reshape(rows, TILE // masking.PATCH, masking.PATCH, cols, TILE // masking.PATCH, masking.PATCH).any(axis=(2, 5))
@@ -265,10 +270,10 @@ def blend_weights(model, canvas: np.ndarray, shape: tuple[int, ...], masks: np.n
             test_masks = full[y : y + h, x : x + w].reshape(h * w, -1)
         extra = test_masks & ~sub_masks
         sub = canvas[TILE * y : TILE * (y + h), TILE * x : TILE * (x + w)]
-        test_hidden = _untile(masking.pixel_mask(test_masks).numpy(), h, w)[..., 0]
+        test_hidden = _hidden_pixels(test_masks, h, w)
         predicted, fill = _tilings(model, sub, test_hidden, (0, h), _tilings_plan(h, w, (0, h), shift), batch_size, lambda n: None, with_fill=True)
         long_fill = inpaint.fill_picture(sub, test_hidden)[test_hidden]
-        held = _untile(masking.pixel_mask(extra).numpy(), h, w)[..., 0][test_hidden]  # the extra patches, among the hidden pixels
+        held = _hidden_pixels(extra, h, w)[test_hidden]  # the extra patches, among the hidden pixels
         inside = np.zeros(test_hidden.shape, bool)  # the picture itself, not the padding: only it is scored
         inside[: shape[0] - TILE * y, : shape[1] - TILE * x] = True
         held &= inside[test_hidden] & ~np.isnan(predicted[:, 0])  # (NaN: every tile there was hidden whole)
