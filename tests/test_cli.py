@@ -56,6 +56,7 @@ def test_evaluate_on_embedded_sample(tmp_path, cli):
     (["train", "--epochs", "-1"], "--epochs must be at least 1"),
     (["train", "--batch-size", "0"], "--batch-size must be at least 1"),
     (["train", "--recipe", "magic"], "unknown recipe"),
+    (["train", "--loss", "l1"], "unknown loss 'l1'"),
     (["train", "--name", "../escape"], "--name must be a plain file prefix"),
     (["train", "--scorer", "x.keras"], "--scorer ranks patches for importance masks"),
     (["train", "--strategy", "ring"], "unknown distribution strategy 'ring'"),
@@ -97,6 +98,7 @@ def test_fast_recipe_trains_mae_in_mixed_precision(fake_archive, tmp_path, cli):
     assert code == 0, err
     record = json.loads((tmp_path / "mae_mixed50_run.json").read_text())
     assert record["config"]["model"] == "mae" and record["config"]["precision"] == "bfloat16"
+    assert record["config"]["loss"] == "log-mse" and max(record["history"]["val_loss"]) < 0  # a log of MSEs below 1
     lrs = record["history"]["lr"]
     assert lrs[0] < lrs[1]  # linear warm-up over the first epoch
     assert isinstance(models.load(tmp_path / "mae_mixed50_final.keras"), models.MAE)

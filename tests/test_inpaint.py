@@ -81,13 +81,14 @@ def test_fill_does_not_read_hidden_pixels():
 
 
 @pytest.mark.parametrize("strategy", ["random", "row", "block"])
-def test_refine_model_started_from_a_mae_is_its_average_with_the_fill(strategy, tmp_path):
+def test_refine_model_started_from_a_mae_is_the_fill_plus_a_share_of_its_prediction(strategy, tmp_path):
     mae, refine = models.build("mae"), models.build("mae-refine")
     mae.save(tmp_path / "mae.keras")
     train.start_from(refine, str(tmp_path / "mae.keras"))
     images = tf.random.stateless_uniform([4, 32, 32, 3], seed=[1, 1])
     mask = masking.make_masks(strategy, 0.5, 4, [1, 2])
-    expected = (inpaint.smooth_fill(images, mask).numpy() + mae((images, mask)).numpy()) / 2
+    fill, share = inpaint.smooth_fill(images, mask).numpy(), 1 / (1 + np.exp(-models.RefineMAE.GATE_START))
+    expected = fill + share * (mae((images, mask)).numpy() - fill)
     np.testing.assert_allclose(refine((images, mask)).numpy(), expected, atol=1e-6)
     refine.save(tmp_path / "refine.keras")
     with pytest.raises(MaskvitError, match="a mae-refine model; this run trains a mae model"):

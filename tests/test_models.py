@@ -52,6 +52,39 @@ def test_masked_mse_counts_hidden_pixels_only():
     assert float(models.masked_mse(images, predicted, mask)) == pytest.approx(0.25, rel=1e-5)
 
 
+@pytest.mark.parametrize("preset", ["mae", "autoencoder-dropout"])
+def test_log_mse_loss_is_the_mean_log_of_each_images_error(preset):
+    net = models.build(preset)
+    images, mask = batch(3)
+    offsets = tf.constant([0.1, 0.2, 0.3])[:, None, None, None]
+    # mae: the error counts on hidden pixels only; the denoiser's counts on every pixel.
+    predicted = masking.composite(images, images + offsets, mask) if preset == "mae" else images + offsets
+    errors = np.array([0.01, 0.04, 0.09])
+    assert float(net.compute_loss((images, mask), images, predicted)) == pytest.approx(errors.mean(), rel=1e-5)
+    net.loss_kind = "log-mse"
+    try:
+        expected = np.log(errors + models.LOG_FLOOR).mean()
+        assert float(net.compute_loss((images, mask), images, predicted)) == pytest.approx(expected, rel=1e-5)
+    finally:
+        net.loss_kind = "mse"
+
+
+def test_mae_positions_start_as_the_grid_sine_cosine_table():
+    table = models.GridSinCos()((64, 128)).numpy()
+    quarter = 32
+    for half in (0, 2 * quarter):  # each angle's sine and cosine: rows, then columns
+        np.testing.assert_allclose(table[:, half : half + quarter] ** 2 + table[:, half + quarter : half + 2 * quarter] ** 2, 1.0, rtol=1e-6)
+    np.testing.assert_array_equal(table[0, :64], table[7, :64])  # one grid row: the same row half
+    np.testing.assert_array_equal(table[0, 64:], table[56, 64:])  # one grid column: the same column half
+    distance = np.linalg.norm(table - table[27], axis=1)  # patch (3, 3)
+    assert distance[28] < distance[30] < distance[31] and distance[35] < distance[51]  # nearer patches, nearer positions
+    for preset in ("mae", "mae-refine"):
+        net = models.build(preset)
+        np.testing.assert_allclose(net.pos.embeddings.numpy(), table, atol=1e-7)
+        np.testing.assert_allclose(net.decoder_pos.embeddings.numpy(), models.GridSinCos()((64, 64)).numpy(), atol=1e-7)
+    assert np.abs(models.build("seed").pos.embeddings.numpy()).max() <= 0.05  # the seed keeps Keras's uniform start
+
+
 def test_dropout_autoencoder_trains_as_a_denoiser_on_whole_images():
     from maskvit.train import rng_state, set_rng_state
 

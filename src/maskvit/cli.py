@@ -109,7 +109,7 @@ def train(
     ratio: float = RatioOpt,
     epochs: int = typer.Option(20, "--epochs", help="Training epochs."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per step (default: the recipe's, seed 128, fast 256)."),
-    recipe: str = typer.Option("seed", "--recipe", help="seed: Adam 1e-3 + ReduceLROnPlateau; fast: mae, bf16, AdamW 2e-3 + warm-up and cosine decay."),
+    recipe: str = typer.Option("seed", "--recipe", help="seed: Adam 1e-3 + ReduceLROnPlateau; fast: mae, bf16, log-mse loss, AdamW 2e-3 + warm-up and cosine decay."),
     val_size: int = typer.Option(5000, "--val-size", help="Validation images, the last of the training split."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Train on the first N training images only."),
     seed: int = SeedOpt,
@@ -117,18 +117,19 @@ def train(
     output: Path = typer.Option(Path("saved_models"), "--output", help="Folder for the best/final models and the run JSON."),
     name: Optional[str] = typer.Option(None, "--name", help="File prefix (default <model>_<mask><ratio%>)."),
     precision: Optional[str] = typer.Option(None, "--precision", help="float32 or bfloat16 (mixed precision; default: the recipe's)."),
+    loss: Optional[str] = typer.Option(None, "--loss", help="mse: over the batch's hidden pixels; log-mse: the mean over images of log(hidden-pixel MSE), the loss whose minimum is the best mean PSNR. Default: the recipe's (seed: mse, fast: log-mse)."),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue an interrupted run of the same settings in --output (default), or start over."),
     scorer: Optional[Path] = typer.Option(None, "--scorer", help="With --mask importance(-most): the model that ranks patches (default: the model being trained, at every step)."),
     strategy: str = typer.Option("default", "--strategy", help="default: one device; mirrored: every local GPU (or the CPU); multiworker: the cluster in TF_CONFIG. --batch-size is the global batch."),
     zoom: float = typer.Option(1.0, "--zoom", help="Above 1: train on random crops zoomed up to this factor (side 32/z px, resized to 32x32), as tiles of large photographs look; 1: whole images."),
-    init: Optional[Path] = typer.Option(None, "--init", help="Start from this model file's weights instead of random ones: fine-tuning. The same --model, or mae-refine from a mae (its added layers start at zero)."),
+    init: Optional[Path] = typer.Option(None, "--init", help="Start from this model file's weights instead of random ones: fine-tuning. The same --model, or mae-refine from a mae (it starts as the fill plus 12% of the mae's prediction)."),
 ):
     """Train a model; writes <prefix>_best.keras, <prefix>_final.keras and <prefix>_run.json."""
     from .train import TrainConfig, train as run
 
     config = TrainConfig(model=model, mask=mask, ratio=ratio, epochs=epochs, batch_size=batch_size, recipe=recipe,
                          val_size=val_size, limit=limit, seed=seed, data=data, output=str(output), name=name, resume=resume, precision=precision,
-                         scorer=scorer and str(scorer), strategy=strategy, zoom=zoom, init=init and str(init))
+                         loss=loss, scorer=scorer and str(scorer), strategy=strategy, zoom=zoom, init=init and str(init))
     config.check()
     record = run(config, progress=_progress_callback())
     if record.get("resumed_at_epochs"):
