@@ -1,5 +1,6 @@
 """The models. Each takes (images [B,32,32,3] in [0,1], mask [B,64] bool, True = hidden) and
-returns a full predicted image [B,32,32,3]; each is trained on MSE over hidden pixels only.
+returns a full predicted image [B,32,32,3]; each is trained on its error over hidden pixels only
+(MSE, or the mean log of each image's MSE: MaskedModel.loss_kind).
 
 - SeedViT: the reference model, exactly: hidden patches zero-filled, every token through
   4 pre-LN blocks.
@@ -48,7 +49,8 @@ class GridSinCos(keras.initializers.Initializer):
     """Starting values [64,D] for learned positions: the 2-D sine-cosine table of MAE's fixed
     embeddings (He et al., 2021) for the 8x8 patch grid, half the channels for the row and half
     for the column, each as sines and cosines at D/4 geometric frequencies. Neighbouring patches
-    start with similar positions instead of random ones."""
+    start with similar positions instead of random ones: measured +0.06 dB at random 50% after
+    7 epochs of mae-refine from scratch."""
 
     def __call__(self, shape, dtype=None):
         n, dim = shape
