@@ -11,7 +11,6 @@ returns a full predicted image [B,32,32,3]; each is trained on its error over hi
 
 from __future__ import annotations
 
-import math
 import zipfile
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import tensorflow as tf
 
 from . import distribute, inpaint
 from .errors import MaskvitError
-from .masking import IMAGE, N_PATCHES, PATCH_DIM, composite, patchify, pixel_mask, unpatchify
+from .masking import GRID, IMAGE, N_PATCHES, PATCH_DIM, composite, patchify, pixel_mask, unpatchify
 
 PACKAGE = "maskvit"
 # The shipped model: saved_models/ holds the file, the package a link to it, so both a checkout
@@ -54,9 +53,8 @@ class GridSinCos(keras.initializers.Initializer):
 
     def __call__(self, shape, dtype=None):
         n, dim = shape
-        side = round(math.sqrt(n))
         freq = 1.0 / 10000.0 ** (np.arange(dim // 4) / (dim // 4))  # [D/4]
-        rows, cols = np.divmod(np.arange(n), side)
+        rows, cols = np.divmod(np.arange(n), GRID)
 
         def waves(coordinate):  # [n] -> [n, D/2]
             angle = np.outer(coordinate, freq)
