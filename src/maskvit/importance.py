@@ -22,8 +22,8 @@ def probe_scores(model, images, probes):
     xs = tf.tile(images, [n_probes, 1, 1, 1])
     with tf.GradientTape() as tape:
         tape.watch(xs)
-        # Scaled by the number of images, so each image's gradient is its own loss's.
-        loss = models.masked_mse(xs, model((xs, masks), training=False), masks) * tf.cast(tf.shape(xs)[0], tf.float32)
+        # The sum of the images' own losses, so each image's gradient is its own loss's.
+        loss = tf.reduce_sum(models.masked_mse(xs, model((xs, masks), training=False), masks, per_image=True))
     grad = tf.reduce_mean(tf.abs(masking.patchify(tape.gradient(loss, xs))), axis=-1)  # [P*B,64]
     grad = tf.reshape(grad, [n_probes, b, masking.N_PATCHES])
     return tf.reduce_mean(tf.where(~probes, grad, 0.0), axis=0) * 2.0  # each patch visible in half the probes
