@@ -69,22 +69,6 @@ def test_log_mse_loss_is_the_mean_log_of_each_images_error(preset):
         net.loss_kind = "mse"
 
 
-def test_mae_positions_start_as_the_grid_sine_cosine_table():
-    table = models.GridSinCos()((64, 128)).numpy()
-    quarter = 32
-    for half in (0, 2 * quarter):  # each angle's sine and cosine: rows, then columns
-        np.testing.assert_allclose(table[:, half : half + quarter] ** 2 + table[:, half + quarter : half + 2 * quarter] ** 2, 1.0, rtol=1e-6)
-    np.testing.assert_array_equal(table[0, :64], table[7, :64])  # one grid row: the same row half
-    np.testing.assert_array_equal(table[0, 64:], table[56, 64:])  # one grid column: the same column half
-    distance = np.linalg.norm(table - table[27], axis=1)  # patch (3, 3)
-    assert distance[28] < distance[30] < distance[31] and distance[35] < distance[51]  # nearer patches, nearer positions
-    for preset in ("mae", "mae-refine"):
-        net = models.build(preset)
-        np.testing.assert_allclose(net.pos.embeddings.numpy(), table, atol=1e-7)
-        np.testing.assert_allclose(net.decoder_pos.embeddings.numpy(), models.GridSinCos()((64, 64)).numpy(), atol=1e-7)
-    assert np.abs(models.build("seed").pos.embeddings.numpy()).max() <= 0.05  # the seed keeps Keras's uniform start
-
-
 def test_dropout_autoencoder_trains_as_a_denoiser_on_whole_images():
     from maskvit.train import rng_state, set_rng_state
 

@@ -15,12 +15,11 @@ import zipfile
 from pathlib import Path
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from . import distribute, inpaint
 from .errors import MaskvitError
-from .masking import GRID, IMAGE, N_PATCHES, PATCH_DIM, composite, patchify, pixel_mask, unpatchify
+from .masking import IMAGE, N_PATCHES, PATCH_DIM, composite, patchify, pixel_mask, unpatchify
 
 PACKAGE = "maskvit"
 # The shipped model: saved_models/ holds the file, the package a link to it, so both a checkout
@@ -41,26 +40,6 @@ LOSSES = ("mse", "log-mse")
 # log-mse's floor, a hidden-pixel MSE of 40 dB: near-perfect images (flat ones) would otherwise
 # take the largest weights, 1/MSE, in the gradient.
 LOG_FLOOR = 1e-4
-
-
-@keras.saving.register_keras_serializable(PACKAGE)
-class GridSinCos(keras.initializers.Initializer):
-    """Starting values [64,D] for learned positions: the 2-D sine-cosine table of MAE's fixed
-    embeddings (He et al., 2021) for the 8x8 patch grid, half the channels for the row and half
-    for the column, each as sines and cosines at D/4 geometric frequencies. Neighbouring patches
-    start with similar positions instead of random ones: measured +0.06 dB at random 50% after
-    7 epochs of mae-refine from scratch."""
-
-    def __call__(self, shape, dtype=None):
-        n, dim = shape
-        freq = 1.0 / 10000.0 ** (np.arange(dim // 4) / (dim // 4))  # [D/4]
-        rows, cols = np.divmod(np.arange(n), GRID)
-
-        def waves(coordinate):  # [n] -> [n, D/2]
-            angle = np.outer(coordinate, freq)
-            return np.concatenate([np.sin(angle), np.cos(angle)], axis=1)
-
-        return tf.constant(np.concatenate([waves(rows), waves(cols)], axis=1), dtype=dtype or "float32")
 
 
 @keras.saving.register_keras_serializable(PACKAGE)
@@ -113,7 +92,7 @@ class Block(keras.layers.Layer):
 
 
 class MaskedModel(keras.Model):
-    """Shared by all models: the loss is MSE on hidden pixels, whatever the architecture."""
+    """Shared by all models: the loss is on hidden pixels (loss_kind), whatever the architecture."""
 
     # Set by a trainer to choose each batch's masks in the step itself, from the batch and its
     # pipeline mask: (images, mask) -> mask. Importance masks need this, since they depend on
@@ -190,11 +169,10 @@ class MaskedModel(keras.Model):
     def _positions(self):
         return tf.range(N_PATCHES)
 
-    def _build_encoder(self, h: dict, positions="uniform") -> None:
-        """Patch embedding, learned positions (starting values: the initializer `positions`),
-        transformer blocks, final norm: the ViTs' shared trunk."""
+    def _build_encoder(self, h: dict) -> None:
+        """Patch embedding, learned positions, transformer blocks, final norm: the ViTs' shared trunk."""
         self.embed = keras.layers.Dense(h["dim"], name="patch_embed")
-        self.pos = keras.layers.Embedding(N_PATCHES, h["dim"], embeddings_initializer=positions, name="pos_embed")
+        self.pos = keras.layers.Embedding(N_PATCHES, h["dim"], name="pos_embed")
         self.blocks = [Block(h["dim"], h["heads"], h["mlp_dim"], h["dropout"], name=f"block{i}") for i in range(h["depth"])]
         self.norm = keras.layers.LayerNormalization(epsilon=1e-6, name="norm")
 
@@ -238,11 +216,11 @@ class MAE(MaskedModel):
         super().__init__(name=name or "mae")
         self.hparams = {**self.DEFAULTS, **hparams}
         h = self.hparams
-        self._build_encoder(h, GridSinCos())
+        self._build_encoder(h)
         dd = h["decoder_dim"]
         self.decoder_embed = keras.layers.Dense(dd, name="decoder_embed")
         self.mask_token = keras.layers.Embedding(1, dd, name="mask_token")
-        self.decoder_pos = keras.layers.Embedding(N_PATCHES, dd, embeddings_initializer=GridSinCos(), name="decoder_pos_embed")
+        self.decoder_pos = keras.layers.Embedding(N_PATCHES, dd, name="decoder_pos_embed")
         self.decoder_blocks = [
             Block(dd, h["heads"], h["decoder_mlp_dim"], h["dropout"], name=f"decoder_block{i}") for i in range(h["decoder_depth"])
         ]
