@@ -177,7 +177,7 @@ def workers_rate(args, limit=10_000, epochs=3):
     chief's run JSON gives images/s over the epochs after the first (graph tracing)."""
     print(f"\n# tf.distribute: fast recipe (mae, bf16, global batch 256), {limit} images, {epochs} epochs, images/s after epoch 1")
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    common = ["--recipe", "fast", "--epochs", str(epochs), "--limit", str(limit), "--no-resume", *(["--data", args.data] if args.data else [])]
+    common = ["--recipe", "fast", "--model", "mae", "--epochs", str(epochs), "--limit", str(limit), "--no-resume", *(["--data", args.data] if args.data else [])]
     for n in (1, 2):
         out = tempfile.mkdtemp(prefix="maskvit-workers-")
         sockets = [socket.create_server(("127.0.0.1", 0)) for _ in range(n)]

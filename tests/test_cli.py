@@ -11,7 +11,7 @@ from maskvit import models
 
 def test_train_then_evaluate(fake_archive, tmp_path, cli):
     out_dir = tmp_path / "models"
-    code, out, err = cli("train", "--mask", "row", "--ratio", "0.5", "--epochs", "2", "--batch-size", "32",
+    code, out, err = cli("train", "--recipe", "seed", "--mask", "row", "--ratio", "0.5", "--epochs", "2", "--batch-size", "32",
                          "--val-size", "40", "--data", fake_archive, "--output", out_dir)
     assert code == 0, err
     assert "epoch 2/2" in out and "val_loss" in out
@@ -92,16 +92,17 @@ def test_bad_files_leave_nothing_behind(damage, fake_archive, tmp_path, cli):
     assert ("corrupt or truncated" in err) if damage == "corrupt" else ("is a file" in err and output.read_text() == "precious")
 
 
-def test_fast_recipe_trains_mae_in_mixed_precision(fake_archive, tmp_path, cli):
-    code, out, err = cli("train", "--recipe", "fast", "--mask", "mixed", "--epochs", "2", "--batch-size", "32",
+def test_default_recipe_is_fast_mae_refine_in_mixed_precision(fake_archive, tmp_path, cli):
+    code, out, err = cli("train", "--mask", "mixed", "--epochs", "2", "--batch-size", "32",
                          "--val-size", "40", "--data", fake_archive, "--output", tmp_path)
     assert code == 0, err
-    record = json.loads((tmp_path / "mae_mixed50_run.json").read_text())
-    assert record["config"]["model"] == "mae" and record["config"]["precision"] == "bfloat16"
+    record = json.loads((tmp_path / "mae-refine_mixed50_run.json").read_text())
+    assert record["config"]["recipe"] == "fast" and record["config"]["model"] == "mae-refine"
+    assert record["config"]["precision"] == "bfloat16"
     assert record["config"]["loss"] == "log-mse" and max(record["history"]["val_loss"]) < 0  # a log of MSEs below 1
     lrs = record["history"]["lr"]
     assert lrs[0] < lrs[1]  # linear warm-up over the first epoch
-    assert isinstance(models.load(tmp_path / "mae_mixed50_final.keras"), models.MAE)
+    assert isinstance(models.load(tmp_path / "mae-refine_mixed50_final.keras"), models.RefineMAE)
 
 
 def test_bug_shows_short_message_and_traceback_log(cli, monkeypatch, tmp_path):
@@ -138,7 +139,7 @@ def test_data_folder_with_a_batch_missing(cli, tmp_path):
             (tmp_path / name).write_bytes(payload)
     code, out, err = cli("train", "--epochs", "1", "--data", tmp_path, "--output", tmp_path / "out")
     assert code == 2 and "data_batch_4: missing" in err and len(err.strip().splitlines()) == 1
-    assert not (tmp_path / "out" / "seed_random50_run.json").exists()
+    assert not (tmp_path / "out" / "mae-refine_random50_run.json").exists()
 
 
 def test_bare_command_shows_help(cli):

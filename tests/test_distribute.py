@@ -16,7 +16,7 @@ from maskvit import distribute, models, train
 from maskvit.errors import MaskvitError
 
 # mae: no dropout, so the two replicas' halves of a batch see exactly what one process sees.
-ARGS = ["--model", "mae", "--epochs", "3", "--batch-size", "32", "--val-size", "40"]
+ARGS = ["--recipe", "seed", "--model", "mae", "--epochs", "3", "--batch-size", "32", "--val-size", "40"]
 # Relative, on validation losses. All-reduced gradients are summed in another order, and Adam's
 # first steps scale each gradient component to about +-lr whatever its size, so rounding-level
 # differences in near-zero components grow: measured 0.15% after 5 steps, then shrinking.
@@ -47,7 +47,7 @@ def start_workers(archive, out, tmp_path):
 
 
 def test_two_workers_train_like_one_process_and_resume_from_the_chief(fake_archive, tmp_path):
-    reference = train.train(train.TrainConfig(model="mae", epochs=3, batch_size=32, val_size=40, data=str(fake_archive),
+    reference = train.train(train.TrainConfig(recipe="seed", model="mae", epochs=3, batch_size=32, val_size=40, data=str(fake_archive),
                                               output=str(tmp_path / "ref")))
     out = tmp_path / "run"
     record_path = out / "mae_random50_run.json"
@@ -93,7 +93,7 @@ def test_bad_distribution_settings_are_one_line_errors(cli, fake_archive, tmp_pa
 
 
 def test_global_batch_must_split_over_replicas_and_sets_the_learning_rate():
-    config = train.TrainConfig(batch_size=512)
+    config = train.TrainConfig(recipe="seed", batch_size=512)
     assert train.peak_lr(config) == pytest.approx(1e-3 * 2)  # seed recipe: 1e-3 at batch 128, sqrt rule
     assert train.peak_lr(train.TrainConfig(recipe="fast")) == pytest.approx(2e-3)
     assert distribute.multi_worker(distribute.make("default")) is False
@@ -102,7 +102,7 @@ def test_global_batch_must_split_over_replicas_and_sets_the_learning_rate():
 
 
 def test_mirrored_strategy_on_the_cpu_trains_like_the_default(fake_archive, tmp_path):
-    runs = [train.train(train.TrainConfig(model="mae", epochs=2, batch_size=32, val_size=40, data=str(fake_archive),
+    runs = [train.train(train.TrainConfig(recipe="seed", model="mae", epochs=2, batch_size=32, val_size=40, data=str(fake_archive),
                                           output=str(tmp_path / name), strategy=name)) for name in ("default", "mirrored")]
     assert runs[1]["replicas"] == 1 and runs[1]["chief"]
     np.testing.assert_allclose(runs[1]["history"]["val_loss"], runs[0]["history"]["val_loss"], rtol=1e-5)

@@ -19,7 +19,7 @@ from maskvit.files import atomic_path
 
 
 def config(archive, out, **kw):
-    return train.TrainConfig(**{"epochs": 4, "batch_size": 32, "val_size": 40, "data": str(archive), "output": str(out), **kw})
+    return train.TrainConfig(**{"recipe": "seed", "epochs": 4, "batch_size": 32, "val_size": 40, "data": str(archive), "output": str(out), **kw})
 
 
 def weights(path):
@@ -29,7 +29,7 @@ def weights(path):
 def test_killed_run_resumes_to_identical_weights(fake_archive, tmp_path):
     reference = train.train(config(fake_archive, tmp_path / "ref"))
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "maskvit", "train", "--epochs", "4", "--batch-size", "32", "--val-size", "40",
+    cmd = [sys.executable, "-m", "maskvit", "train", "--recipe", "seed", "--epochs", "4", "--batch-size", "32", "--val-size", "40",
            "--data", str(fake_archive), "--output", str(out)]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -104,12 +104,12 @@ def _metrics_table(title: str, rows: list[dict]) -> Table:
 
 @app.command()
 def train(
-    model: Optional[str] = typer.Option(None, "--model", help="Default: the recipe's (seed: seed, fast: mae). Model preset: seed (reference ViT), mae (encoder on visible patches), mae-refine (mae gated with an in-graph biharmonic fill), autoencoder (the seed's conv autoencoder, on zero-filled patches) or autoencoder-dropout (the seed's original: a denoiser trained on 50% per-pixel dropout noise)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Default: the recipe's (fast: mae-refine, seed: seed). Model preset: seed (reference ViT), mae (encoder on visible patches), mae-refine (mae gated with an in-graph biharmonic fill), autoencoder (the seed's conv autoencoder, on zero-filled patches) or autoencoder-dropout (the seed's original: a denoiser trained on 50% per-pixel dropout noise)."),
     mask: str = MaskOpt,
     ratio: float = RatioOpt,
     epochs: int = typer.Option(20, "--epochs", help="Training epochs."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per step (default: the recipe's, seed 128, fast 256)."),
-    recipe: str = typer.Option("seed", "--recipe", help="seed: Adam 1e-3 + ReduceLROnPlateau; fast: mae, bf16, log-mse loss, AdamW 2e-3 + warm-up and cosine decay."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per step (default: the recipe's, fast 256, seed 128)."),
+    recipe: str = typer.Option("fast", "--recipe", help="fast: mae-refine, bf16, log-mse loss, AdamW 2e-3 + warm-up and cosine decay; seed: the reference notebook's seed model, Adam 1e-3 + ReduceLROnPlateau."),
     val_size: int = typer.Option(5000, "--val-size", help="Validation images, the last of the training split."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Train on the first N training images only."),
     seed: int = SeedOpt,
@@ -117,7 +117,7 @@ def train(
     output: Path = typer.Option(Path("saved_models"), "--output", help="Folder for the best/final models and the run JSON."),
     name: Optional[str] = typer.Option(None, "--name", help="File prefix (default <model>_<mask><ratio%>)."),
     precision: Optional[str] = typer.Option(None, "--precision", help="float32 or bfloat16 (mixed precision; default: the recipe's)."),
-    loss: Optional[str] = typer.Option(None, "--loss", help="mse: over the batch's hidden pixels; log-mse: the mean over images of log(hidden-pixel MSE), the loss whose minimum is the best mean PSNR. Default: the recipe's (seed: mse, fast: log-mse)."),
+    loss: Optional[str] = typer.Option(None, "--loss", help="mse: over the batch's hidden pixels; log-mse: the mean over images of log(hidden-pixel MSE), the loss whose minimum is the best mean PSNR. Default: the recipe's (fast: log-mse, seed: mse)."),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue an interrupted run of the same settings in --output (default), or start over."),
     scorer: Optional[Path] = typer.Option(None, "--scorer", help="With --mask importance(-most): the model that ranks patches (default: the model being trained, at every step)."),
     strategy: str = typer.Option("default", "--strategy", help="default: one device; mirrored: every local GPU (or the CPU); multiworker: the cluster in TF_CONFIG. --batch-size is the global batch."),
