@@ -25,10 +25,10 @@ from .files import atomic_path, ensure_folder, write_json
 # benchmarks/bench.py), AdamW, a linear warm-up, then cosine decay to 10% of the peak rate
 # rather than to zero (a prototype lost ~0.9 dB decaying to zero in a short run). Its beta_2 of
 # 0.95 (MAE's) and log-mse loss each gained at random 50% in 7-epoch runs from scratch (+0.01
-# and +0.04 dB), and together +0.13 to +0.26 dB at 50% masks after 36 epochs of mae on mixed
-# masks (the shipped stage 1's run). Its model is mae-refine: ~10% fewer images/s than the
-# plain mae, but it starts from the biharmonic fill and stays ahead (random 50%, mixed-mask
-# training: 22.3-22.5 dB after 3 epochs against the mae's 19.2-19.7 after 4).
+# and +0.04 dB), and together +0.15 to +0.29 dB at 50% masks after 36 epochs of mae on mixed
+# masks (the shipped stage 1 against its predecessor). Its model is mae-refine: ~10% fewer
+# images/s than the plain mae, but it starts from the biharmonic fill and stays ahead (random
+# 50%, mixed-mask training: 22.3-22.5 dB after 3 epochs against the mae's 19.2-19.7 after 4).
 RECIPES = {
     "seed": dict(model="seed", batch_size=128, precision="float32", loss="mse", optimizer="adam", lr=1e-3,
                  plateau_factor=0.5, plateau_patience=3, min_lr=1e-4),
