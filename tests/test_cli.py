@@ -92,11 +92,13 @@ def test_bad_files_leave_nothing_behind(damage, fake_archive, tmp_path, cli):
     assert ("corrupt or truncated" in err) if damage == "corrupt" else ("is a file" in err and output.read_text() == "precious")
 
 
-def test_default_recipe_is_fast_mae_refine_in_mixed_precision(fake_archive, tmp_path, cli):
+def test_default_recipe_is_fast_mae_refine_in_mixed_precision(fake_archive, tmp_path, cli, monkeypatch):
+    monkeypatch.setenv("MASKVIT_DATA", str(fake_archive))
     code, out, err = cli("train", "--mask", "mixed", "--epochs", "2", "--batch-size", "32",
-                         "--val-size", "40", "--data", fake_archive, "--output", tmp_path)
+                         "--val-size", "40", "--output", tmp_path)
     assert code == 0, err
     record = json.loads((tmp_path / "mae-refine_mixed50_run.json").read_text())
+    assert record["config"]["data"] is None and record["data_source"] == str(fake_archive.resolve())
     assert record["config"]["recipe"] == "fast" and record["config"]["model"] == "mae-refine"
     assert record["config"]["precision"] == "bfloat16"
     assert record["config"]["loss"] == "log-mse" and max(record["history"]["val_loss"]) < 0  # a log of MSEs below 1
