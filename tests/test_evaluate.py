@@ -24,6 +24,8 @@ def test_metrics_equal_direct_skimage():
         region_mse = np.mean((a[i][hidden[i]] - b[i][hidden[i]]) ** 2)
         assert got["masked_mse"][i] == pytest.approx(region_mse, rel=1e-12)
         assert got["masked_psnr"][i] == pytest.approx(peak_signal_noise_ratio(a[i][hidden[i]], b[i][hidden[i]], data_range=1), abs=1e-10)
+    chunked = evaluate.image_metrics(a, b, masks, chunk=5)  # chunks on threads, in image order
+    assert all(np.array_equal(chunked[k], got[k]) for k in evaluate.METRICS)
 
 
 def test_summary_confidence_interval():
