@@ -119,19 +119,40 @@ def test_calibration_sees_about_as_many_tiles_whatever_the_picture_size(size, pa
     rgb = (np.random.default_rng(0).random(size + (3,)) * 255).astype(np.uint8)
     tiles, (rows, cols) = images.to_tiles(rgb)
     masks = masking.make_masks("random", 0.5, len(tiles), [0, 0]).numpy()
-    seen, tilings = [], images._tilings
+    seen, tilings = [], images._tiling_tiles
 
-    def recording(model, canvas, hidden, *args, **kwargs):
+    def recording(canvas, hidden, *args):
         seen.append((canvas.shape, hidden.copy()))
-        return tilings(model, canvas, hidden, *args, **kwargs)
+        return tilings(canvas, hidden, *args)
 
-    monkeypatch.setattr(images, "_tilings", recording)
+    monkeypatch.setattr(images, "_tiling_tiles", recording)
     images.blend_weights(HalfwayModel(), images._untile(tiles, rows, cols), rgb.shape, masks, "random", seed=0)
     assert len(seen) == passes
     assert sum(h.size for _, h in seen) / (32 * 32) <= images.CALIBRATION_TILES
     if rows * cols <= 16:  # whole picture: the same canvas, different extra patches hidden each time
         assert all(shape == (rows * 32, cols * 32, 3) for shape, _ in seen)
         assert len({h.tobytes() for _, h in seen}) == passes
+
+
+def test_calibration_predicts_all_its_passes_together():
+    """Batches hold one hidden count each, so the passes and tilings of a calibration go through
+    the model together: one batch per count, not one per count and pass (then batches were a few
+    tiles each, and calibration took most of a reconstruction's time)."""
+    calls = []
+
+    class Recording(HalfwayModel):
+        def reconstruct_and_fill(self, images, mask):
+            calls.append(mask.sum(axis=1))
+            return super().reconstruct_and_fill(images, mask)
+
+    rgb = (np.random.default_rng(0).random((64, 96, 3)) * 255).astype(np.uint8)
+    tiles, (rows, cols) = images.to_tiles(rgb)
+    masks = masking.make_masks("random", 0.5, len(tiles), [0, 0]).numpy()
+    images.blend_weights(Recording(), images._untile(tiles, rows, cols), rgb.shape, masks, "random", seed=0)
+    counts = [set(c.tolist()) for c in calls]
+    assert all(len(c) == 1 for c in counts)  # one hidden count per batch
+    assert len(calls) == len(set().union(*counts))  # and one batch per count
+    assert sum(map(len, calls)) > 8 * len(tiles)  # all 8 passes (6 tiles: 8 passes), each over 4 tilings
 
 
 @pytest.mark.parametrize("size", [(70, 90), (33, 40)])

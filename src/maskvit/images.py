@@ -191,30 +191,54 @@ def _tilings(model, canvas: np.ndarray, hidden: np.ndarray, band: tuple[int, int
     """The model's composite (and with_fill, the short fill's) at the hidden pixels of tile rows
     [band[0], band[1]) of the canvas, averaged over the tilings of `plan` (see _tilings_plan):
     float32 [n_hidden_here,3] each, 0-255 scale, row-major."""
-    rows, cols = canvas.shape[0] // TILE, canvas.shape[1] // TILE
+    tiles, masks = _tiling_tiles(canvas, hidden, band, plan)
+    outputs, usable = _predict(model, tiles, masks, batch_size, on_batch, with_fill)
+    return _merge_tilings(hidden, band, plan, outputs, usable)
+
+
+def _tiling_windows(hidden: np.ndarray, band: tuple[int, int], plan):
+    """Per tiling of `plan`: its canvas rows and columns (reflected beyond the canvas by half a
+    tile; patch boundaries stay on the 4-pixel grid), its first canvas row, and its tile grid."""
+    rows, cols = hidden.shape[0] // TILE, hidden.shape[1] // TILE
+    source_rows, source_cols = _source(rows * TILE, HALF, HALF), _source(cols * TILE, HALF, HALF)
+    for dy, dx, t0, n in plan:
+        top = t0 * TILE - HALF * dy
+        ys = source_rows[HALF + top : HALF + top + n * TILE]
+        xs = source_cols[HALF * (1 - dx) : HALF * (1 - dx) + (cols + dx) * TILE]
+        yield ys, xs, top, (n, cols + dx)
+
+
+def _tiling_tiles(canvas: np.ndarray, hidden: np.ndarray, band: tuple[int, int], plan) -> tuple[np.ndarray, np.ndarray]:
+    """The tiles of every tiling of `plan`, concatenated: uint8 [n,32,32,3] and their masks [n,64].
+    All of them go through the model together: batches hold one hidden count each, so
+    predicting tilings (and calibration passes) apart made many tiny batches."""
+    tiles, masks = [], []
+    for ys, xs, _, grid in _tiling_windows(hidden, band, plan):
+        tiles.append(_tile(canvas[ys][:, xs], *grid))
+        masks.append(_tile(hidden[ys][:, xs][..., None], *grid)[:, :: masking.PATCH, :: masking.PATCH, 0].reshape(-1, masking.N_PATCHES))
+    return np.concatenate(tiles), np.concatenate(masks)
+
+
+def _merge_tilings(hidden: np.ndarray, band: tuple[int, int], plan, outputs: list[np.ndarray], usable: np.ndarray) -> list[np.ndarray]:
+    """Average the tilings' predicted tiles (outputs: uint8 [n,32,32,3] each, in _tiling_tiles'
+    order; usable [n]: reconstructed at all) at the hidden pixels of tile rows [band[0], band[1]),
+    each weighted by its distance to its tile's edge (see reconstruct_image)."""
+    cols = hidden.shape[1] // TILE
     lo_row, hi_row = band[0] * TILE, band[1] * TILE
     first_hidden = np.concatenate([[0], np.cumsum(hidden[lo_row:hi_row].sum(axis=1))])  # per row here: index of its first hidden pixel
-    # Beyond the canvas, half a tile of reflection; patch boundaries stay on the 4-pixel grid.
-    source_rows, source_cols = _source(rows * TILE, HALF, HALF), _source(cols * TILE, HALF, HALF)
-    sums = [np.zeros((first_hidden[-1], 3), np.float32) for _ in range(1 + with_fill)]  # weighted sums over tilings
+    sums = [np.zeros((first_hidden[-1], 3), np.float32) for _ in outputs]  # weighted sums over tilings
     weights = np.zeros(first_hidden[-1], np.float32)
-    done = 0
-    for dy, dx, t0, n in plan:
-        n_cols = cols + dx
-        top = t0 * TILE - HALF * dy  # the canvas row of this tiling's first row here
-        ys = source_rows[HALF + top : HALF + top + n * TILE]
-        xs = source_cols[HALF * (1 - dx) : HALF * (1 - dx) + n_cols * TILE]
-        region, region_hidden = canvas[ys][:, xs], hidden[ys][:, xs]
-        t_masks = _tile(region_hidden[..., None], n, n_cols)[:, ::masking.PATCH, ::masking.PATCH, 0].reshape(-1, masking.N_PATCHES)
-        outputs, usable = _predict(model, _tile(region, n, n_cols), t_masks, batch_size, lambda k: on_batch(done + k), with_fill)
-        done += len(t_masks)
+    start = 0
+    for (dy, dx, _, n), (_, _, top, grid) in zip(plan, _tiling_windows(hidden, band, plan)):
+        here_tiles = slice(start, start + grid[0] * grid[1])
+        start = here_tiles.stop
         lo, hi = max(top, lo_row), min(top + n * TILE, hi_row)
         crop = (slice(lo - top, hi - top), slice(HALF * dx, HALF * dx + cols * TILE))
         here, run = hidden[lo:hi], slice(first_hidden[lo - lo_row], first_hidden[hi - lo_row])
-        tile_weight = TILE_WEIGHT[None] * usable[:, None, None, None]  # [n,32,32,1]; 0 where a tile was not reconstructed
-        weight = _untile(tile_weight, n, n_cols)[crop][..., 0][here]
+        tile_weight = TILE_WEIGHT[None] * usable[here_tiles, None, None, None]  # [n,32,32,1]; 0 where a tile was not reconstructed
+        weight = _untile(tile_weight, *grid)[crop][..., 0][here]
         for total_sum, o in zip(sums, outputs):
-            total_sum[run] += _untile(o, n, n_cols)[crop][here] * weight[:, None]
+            total_sum[run] += _untile(o[here_tiles], *grid)[crop][here] * weight[:, None]
         weights[run] += weight
     with np.errstate(invalid="ignore"):  # NaN where no tiling could predict: every tile there hidden whole
         for total_sum in sums:
@@ -256,7 +280,7 @@ def blend_weights(model, canvas: np.ndarray, shape: tuple[int, ...], masks: np.n
         h, w = min(CROP, rows), min(CROP, cols)
         crops = [(y, x, h, w) for y, x in zip(rng.integers(0, rows - h + 1, CALIBRATION_CROPS), rng.integers(0, cols - w + 1, CALIBRATION_CROPS))]
     base = "random" if strategy in masking.SCORED else strategy
-    columns, target = [], []
+    passes = []  # per crop or pass: its pixels, hidden pixels, extra patches, tilings plan
     for k, (y, x, h, w) in enumerate(crops):
         sub_masks = grid_masks[y : y + h, x : x + w].reshape(h * w, -1)
         extra = masking.make_masks(base, CALIBRATION_RATIO, h * w, [seed, 1 + k]).numpy() & ~sub_masks
@@ -268,20 +292,24 @@ def blend_weights(model, canvas: np.ndarray, shape: tuple[int, ...], masks: np.n
             full[y : y + h, x : x + w] = test_masks.reshape(h, w, -1)
             full = _hide_reflections(full.reshape(rows * cols, -1), shape, (rows, cols)).reshape(rows, cols, -1)
             test_masks = full[y : y + h, x : x + w].reshape(h * w, -1)
-        extra = test_masks & ~sub_masks
         sub = canvas[TILE * y : TILE * (y + h), TILE * x : TILE * (x + w)]
-        test_hidden = _hidden_pixels(test_masks, h, w)
-        predicted, fill = _tilings(model, sub, test_hidden, (0, h), _tilings_plan(h, w, (0, h), shift), batch_size, lambda n: None, with_fill=True)
-        long_fill = inpaint.fill_picture(sub, test_hidden)[test_hidden]
-        held = _hidden_pixels(extra, h, w)[test_hidden]  # the extra patches, among the hidden pixels
-        inside = np.zeros(test_hidden.shape, bool)  # the picture itself, not the padding: only it is scored
+        inside = np.zeros((TILE * h, TILE * w), bool)  # the picture itself, not the padding: only it is scored
         inside[: shape[0] - TILE * y, : shape[1] - TILE * x] = True
-        held &= inside[test_hidden] & ~np.isnan(predicted[:, 0])  # (NaN: every tile there was hidden whole)
-        truth = sub[test_hidden][held].astype(np.float64)
+        passes.append((sub, _hidden_pixels(test_masks, h, w), _hidden_pixels(test_masks & ~sub_masks, h, w) & inside, _tilings_plan(h, w, (0, h), shift)))
+    if not passes:
+        return 1.0, 0.0
+    # All passes' tiles through the model at once (see _tiling_tiles), then each pass on its own.
+    tiles, masks = zip(*(_tiling_tiles(sub, hidden, (0, sub.shape[0] // TILE), plan) for sub, hidden, _, plan in passes))
+    outputs, usable = _predict(model, np.concatenate(tiles), np.concatenate(masks), batch_size, lambda n: None, with_fill=True)
+    columns, target, start = [], [], 0
+    for (sub, hidden, held, plan), count in zip(passes, map(len, tiles)):
+        part, start = slice(start, start + count), start + count
+        predicted, fill = _merge_tilings(hidden, (0, sub.shape[0] // TILE), plan, [o[part] for o in outputs], usable[part])
+        long_fill = inpaint.fill_picture(sub, hidden)[hidden]
+        held = held[hidden] & ~np.isnan(predicted[:, 0])  # the extra patches among the hidden pixels (NaN: a tile hidden whole)
+        truth = sub[hidden][held].astype(np.float64)
         columns.append(np.stack([predicted[held] - fill[held], long_fill[held] - fill[held]], axis=-1).reshape(-1, 2))
         target.append((truth - fill[held]).ravel())
-    if not columns:
-        return 1.0, 0.0
     a, b = optimize.nnls(np.concatenate(columns), np.concatenate(target))[0]
     return float(a), float(b)
 
