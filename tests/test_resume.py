@@ -115,6 +115,24 @@ def test_importance_mask_training_resumes_to_identical_weights(fake_archive, tmp
         np.testing.assert_array_equal(a, b)
 
 
+def test_bf16_run_resumes_to_identical_weights(fake_archive, tmp_path):
+    """The fast recipe (bf16): the resumed model computes in bf16 again, so it ends where an
+    uninterrupted run does."""
+    class Interrupt(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 1:
+                raise KeyboardInterrupt
+
+    settings = dict(recipe="fast", model="mae", epochs=2)
+    reference = train.train(config(fake_archive, tmp_path / "ref", **settings))
+    with pytest.raises(KeyboardInterrupt):
+        train.train(config(fake_archive, tmp_path / "run", **settings), progress=Interrupt())
+    resumed = train.train(config(fake_archive, tmp_path / "run", **settings))
+    assert resumed["resumed_at_epochs"] == [1] and resumed["history"]["val_loss"] == reference["history"]["val_loss"]
+    for a, b in zip(weights(tmp_path / "run" / "mae_random50_final.keras"), weights(tmp_path / "ref" / "mae_random50_final.keras")):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_init_starts_from_the_given_weights_and_refuses_another_model(fake_archive, tmp_path):
     source = tmp_path / "source.keras"
     models.build("mae").save(source)

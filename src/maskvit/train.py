@@ -304,15 +304,16 @@ def train(config: TrainConfig, progress: keras.callbacks.Callback | None = None)
     ds, val_ds = distribute.shard_by_data(ds), distribute.shard_by_data(val_ds)
     with strategy.scope():  # variables (model, optimizer) live on every replica
         scorer = models.load(config.scorer) if config.scorer else None
-        if previous:
-            model = models.load(previous["resume"]["path"], compile=True)  # weights and optimizer state
+        # A loaded model's layers take the global dtype policy: a resumed bf16 run needs it too,
+        # else it continues in float32, slower and no longer bit-identical to an uninterrupted run.
+        keras.mixed_precision.set_global_policy("mixed_bfloat16" if config.precision == "bfloat16" else "float32")
+        try:
+            model = models.load(previous["resume"]["path"], compile=True) if previous else models.build(config.model)
+        finally:
+            keras.mixed_precision.set_global_policy("float32")
+        if previous:  # weights and optimizer state from the checkpoint
             set_rng_state(model, previous["resume"]["rng"])
         else:
-            keras.mixed_precision.set_global_policy("mixed_bfloat16" if config.precision == "bfloat16" else "float32")
-            try:
-                model = models.build(config.model)
-            finally:
-                keras.mixed_precision.set_global_policy("float32")
             if config.init:
                 start_from(model, config.init)
             model.compile(optimizer=make_optimizer(config, steps))
