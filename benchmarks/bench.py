@@ -1,6 +1,6 @@
 """maskvit benchmarks: print measured numbers for the machine this runs on; assert nothing.
 
-    python benchmarks/bench.py --data PATH [--skip-eval] [--target-epochs 7 [--target-model mae]] [--workers]
+    python benchmarks/bench.py --data PATH [--skip-eval] [--target-epochs 7 [--target-model mae] [--target-optimizer muon]] [--workers]
 
 1. Training throughput (images/s, median of interleaved timed windows) of the seed and mae
    presets through maskvit's real pipeline (tf.data masks + Keras fit), beside a plain
@@ -118,6 +118,7 @@ def main():
     parser.add_argument("--target-epochs", type=int, default=0,
                         help="also train the fast recipe (random 50%% masks) for this many epochs, timing PSNR >= 22.75 dB")
     parser.add_argument("--target-model", default="mae-refine", choices=list(models.MODELS), help="the model trained for --target-epochs")
+    parser.add_argument("--target-optimizer", default="adamw", choices=list(train.OPTIMIZERS["fast"]), help="its optimizer (train --optimizer)")
     args = parser.parse_args()
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.processor() or ''} python {platform.python_version()}, "
           f"tensorflow {tf.__version__}, keras {keras.__version__}")
@@ -149,10 +150,10 @@ def main():
 def time_to_target(args, test_images, target=22.75):
     """Train a model from scratch under the fast recipe on random 50% masks; after each epoch score
     the full test set there."""
-    print(f"\n# time to PSNR >= {target} dB (full test set, random 50%), {args.target_model} from scratch, fast recipe, random 50% masks,"
+    print(f"\n# time to PSNR >= {target} dB (full test set, random 50%), {args.target_model} from scratch, fast recipe ({args.target_optimizer}), random 50% masks,"
           f" {args.target_epochs}-epoch schedule; training time only (the per-epoch test evaluation is excluded)")
-    config = train.TrainConfig(recipe="fast", model=args.target_model, mask="random", epochs=args.target_epochs, data=args.data,
-                               output="/tmp/maskvit-bench", resume=False)
+    config = train.TrainConfig(recipe="fast", model=args.target_model, optimizer=args.target_optimizer, mask="random", epochs=args.target_epochs,
+                               data=args.data, output="/tmp/maskvit-bench", resume=False)
 
     class Probe(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):

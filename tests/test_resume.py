@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 
 import keras
 import numpy as np
@@ -115,22 +116,37 @@ def test_importance_mask_training_resumes_to_identical_weights(fake_archive, tmp
         np.testing.assert_array_equal(a, b)
 
 
-def test_bf16_run_resumes_to_identical_weights(fake_archive, tmp_path):
-    """The fast recipe (bf16): the resumed model computes in bf16 again, so it ends where an
-    uninterrupted run does."""
+def test_muon_run_resumes_to_identical_weights_and_keeps_its_optimizer(fake_archive, tmp_path):
+    """The fast recipe (bf16) with --optimizer muon: the resume checkpoint carries Muon's state, and
+    the resumed model computes in bf16 again, so it ends where an uninterrupted run does; an
+    unfinished Muon run is not resumed as an AdamW one."""
     class Interrupt(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
             if epoch == 1:
                 raise KeyboardInterrupt
 
-    settings = dict(recipe="fast", model="mae", epochs=2)
+    settings = dict(recipe="fast", model="mae", optimizer="muon", epochs=2)
     reference = train.train(config(fake_archive, tmp_path / "ref", **settings))
+    assert reference["lr"] == pytest.approx(train.MUON_LR * (32 / 256) ** 0.5)
     with pytest.raises(KeyboardInterrupt):
         train.train(config(fake_archive, tmp_path / "run", **settings), progress=Interrupt())
+    assert isinstance(models.load(next((tmp_path / "run").glob("*resume*")), compile=True).optimizer, keras.optimizers.Muon)
+    with pytest.raises(MaskvitError, match="other settings"):
+        train.train(config(fake_archive, tmp_path / "run", **{**settings, "optimizer": "adamw"}))
     resumed = train.train(config(fake_archive, tmp_path / "run", **settings))
     assert resumed["resumed_at_epochs"] == [1] and resumed["history"]["val_loss"] == reference["history"]["val_loss"]
     for a, b in zip(weights(tmp_path / "run" / "mae_random50_final.keras"), weights(tmp_path / "ref" / "mae_random50_final.keras")):
         np.testing.assert_array_equal(a, b)
+
+
+def test_optimizer_must_belong_to_the_recipe():
+    assert train.TrainConfig().optimizer == "adamw" and train.TrainConfig(recipe="seed").optimizer == "adam"
+    for recipe, optimizer in (("seed", "muon"), ("fast", "adam"), ("fast", "sgd")):
+        with pytest.raises(MaskvitError, match=f"unknown optimizer '{optimizer}' for the {recipe} recipe"):
+            train.TrainConfig(recipe=recipe, optimizer=optimizer).check()
+    # A run record written before --optimizer existed still resumes as its recipe's optimizer.
+    old = {k: v for k, v in asdict(train.TrainConfig()).items() if k != "optimizer"}
+    assert train._same_run(old, asdict(train.TrainConfig())) and not train._same_run(old, asdict(train.TrainConfig(optimizer="muon")))
 
 
 def test_init_starts_from_the_given_weights_and_refuses_another_model(fake_archive, tmp_path):
