@@ -43,6 +43,13 @@ def test_evaluate_on_embedded_sample(tmp_path, cli):
     assert "random" in out and "16" in out
 
 
+def test_evaluate_names_the_shipped_model_by_its_file(cli):
+    """Not by the package's link to it, assets/default.keras."""
+    code, out, err = cli("evaluate", "--data", "sample", "--limit", "8")
+    assert code == 0, err
+    assert "maskvit_refine.keras on CIFAR-10 test" in out and "default.keras" not in out
+
+
 @pytest.mark.parametrize("args, message", [
     (["train", "--ratio", "1.5"], "strictly between 0 and 1"),
     (["train", "--ratio", "0"], "strictly between 0 and 1"),
