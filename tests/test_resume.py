@@ -111,7 +111,7 @@ def test_importance_muon_bf16_training_resumes_to_identical_weights(fake_archive
 
     settings = dict(recipe="fast", model="mae", optimizer="muon", mask="importance", ratio=0.3, epochs=2)
     reference = train.train(config(fake_archive, tmp_path / "ref", **settings))
-    assert reference["lr"] == pytest.approx(train.MUON_LR * (32 / 256) ** 0.5)
+    assert reference["lr"] == pytest.approx(train.RECIPES["fast"]["muon_lr"] * (32 / 256) ** 0.5)
     with pytest.raises(KeyboardInterrupt):
         train.train(config(fake_archive, tmp_path / "run", **settings), progress=Interrupt())
     assert isinstance(models.load(next((tmp_path / "run").glob("*resume*")), compile=True).optimizer, keras.optimizers.Muon)

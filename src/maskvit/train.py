@@ -34,13 +34,13 @@ from .files import atomic_path, ensure_folder, write_json
 # beta_2 and weight decay, on the rest (biases, norms, embeddings, the 3-D attention kernels).
 # In 3-epoch runs from scratch (mae-refine, random 50%, full test set), against AdamW's
 # 22.41 / 22.49 / 22.55 dB after each epoch: 22.42 / 22.54 / 22.60 at AdamW's peak rate, 22.45 /
-# 22.61 / 22.71 at twice it. Not yet the default: untried in runs as long as the shipped models'.
-MUON_LR = 4e-3
+# 22.61 / 22.71 at twice it (muon_lr). Not yet the default: untried in runs as long as the
+# shipped models'.
 RECIPES = {
     "seed": dict(model="seed", batch_size=128, precision="float32", loss="mse", optimizer="adam", lr=1e-3,
                  plateau_factor=0.5, plateau_patience=3, min_lr=1e-4),
     "fast": dict(model="mae-refine", batch_size=256, precision="bfloat16", loss="log-mse", optimizer="adamw", lr=2e-3,
-                 muon_lr=MUON_LR, beta_2=0.95, weight_decay=0.05, warmup_epochs=1, final_lr_fraction=0.1),
+                 muon_lr=4e-3, beta_2=0.95, weight_decay=0.05, warmup_epochs=1, final_lr_fraction=0.1),
 }
 OPTIMIZERS = {"seed": ("adam",), "fast": ("adamw", "muon")}
 
