@@ -207,8 +207,9 @@ def evaluate(
     net = models.load(model_path)
     images = _test_images(data, limit)
     t0 = time.perf_counter()
-    rows = _run_grid({model_path.resolve().stem: net}, images, *cells, seed, scorer and models.load(scorer), raw)
-    console.print(_metrics_table(f"{model_path.resolve().name} on CIFAR-10 test", rows))
+    shown = model_path.resolve()  # the shipped model by its file, not by the package's link to it
+    rows = _run_grid({shown.stem: net}, images, *cells, seed, scorer and models.load(scorer), raw)
+    console.print(_metrics_table(f"{shown.name} on CIFAR-10 test", rows))
     console.print(f"{len(rows)} cell(s) in {time.perf_counter() - t0:.1f}s")
     if json_path:
         write_json(json_path, {"model": str(model_path), "data": data, "rows": public(rows)})
