@@ -10,6 +10,17 @@ import pytest
 
 N_PER_BATCH = 40  # a tiny stand-in for CIFAR-10's 10,000 rows per batch
 
+# Tiny ViTs for training tests: they check behaviour, not quality, and a model's size sets how
+# long its training step takes to trace, most of such a test's time (2-3x less than the presets').
+_TINY_VIT = {"dim": 32, "depth": 1, "heads": 2, "mlp_dim": 64}
+_TINY_MAE = {**_TINY_VIT, "decoder_dim": 32, "decoder_depth": 1, "decoder_mlp_dim": 64}
+TINY = {"seed": _TINY_VIT, "mae": _TINY_MAE, "mae-refine": _TINY_MAE}
+
+
+def tiny_flag(model: str) -> list[str]:
+    """train's --hparams for the tiny model of this preset."""
+    return ["--hparams", ",".join(f"{k}={v}" for k, v in TINY[model].items())]
+
 
 def batch_bytes(rows: int, seed: int) -> bytes:
     """A pickled batch in the CIFAR-10 python layout (bytes keys, uint8 N x 3072 data)."""

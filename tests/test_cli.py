@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from conftest import TINY, tiny_flag
 from maskvit import models
 
 
@@ -12,7 +13,7 @@ from maskvit import models
 def test_train_then_evaluate(fake_archive, tmp_path, cli):
     out_dir = tmp_path / "models"
     code, out, err = cli("train", "--recipe", "seed", "--mask", "row", "--ratio", "0.5", "--epochs", "2", "--batch-size", "32",
-                         "--val-size", "40", "--data", fake_archive, "--output", out_dir)
+                         *tiny_flag("seed"), "--val-size", "40", "--data", fake_archive, "--output", out_dir)
     assert code == 0, err
     assert "epoch 2/2" in out and "val_loss" in out
     record = json.loads((out_dir / "seed_row50_run.json").read_text())
@@ -69,6 +70,13 @@ def test_evaluate_names_the_shipped_model_by_its_file(cli):
     (["train", "--strategy", "ring"], "unknown distribution strategy 'ring'"),
     (["train", "--zoom", "0.5"], "--zoom must be between 1"),
     (["train", "--init", "missing.keras"], "--init missing.keras: no such model file"),
+    (["train", "--hparams", "depht=2"], "unknown hyper-parameter 'depht' for the mae-refine model"),
+    (["train", "--model", "seed", "--hparams", "decoder_depth=1"], "unknown hyper-parameter 'decoder_depth' for the seed model"),
+    (["train", "--hparams", "dim=30"], "dim=30 does not split over heads=4"),
+    (["train", "--hparams", "depth=0"], "depth=0: must be a whole number from 1"),
+    (["train", "--hparams", "depth=2.5"], "depth='2.5' is not a whole number"),
+    (["train", "--hparams", "dropout=1"], "dropout=1.0: must be in [0, 1)"),
+    (["train", "--hparams", "depth"], "'depth' is not key=value"),
     (["train", "--data", "/nonexistent/cifar.tar.gz"], "no such file or folder"),
     (["evaluate", "/nonexistent/model.keras"], "no such model file"),
     (["evaluate", "MODEL_TEXT"], "not a Keras model file"),
@@ -101,7 +109,7 @@ def test_bad_files_leave_nothing_behind(damage, fake_archive, tmp_path, cli):
 
 def test_default_recipe_is_fast_mae_refine_in_mixed_precision(fake_archive, tmp_path, cli, monkeypatch):
     monkeypatch.setenv("MASKVIT_DATA", str(fake_archive))
-    code, out, err = cli("train", "--mask", "mixed", "--epochs", "2", "--batch-size", "32",
+    code, out, err = cli("train", "--mask", "mixed", "--epochs", "2", "--batch-size", "32", *tiny_flag("mae-refine"),
                          "--val-size", "40", "--output", tmp_path)
     assert code == 0, err
     record = json.loads((tmp_path / "mae-refine_mixed50_run.json").read_text())
@@ -111,7 +119,9 @@ def test_default_recipe_is_fast_mae_refine_in_mixed_precision(fake_archive, tmp_
     assert record["config"]["loss"] == "log-mse" and max(record["history"]["val_loss"]) < 0  # a log of MSEs below 1
     lrs = record["history"]["lr"]
     assert lrs[0] < lrs[1]  # linear warm-up over the first epoch
-    assert isinstance(models.load(tmp_path / "mae-refine_mixed50_final.keras"), models.RefineMAE)
+    final = models.load(tmp_path / "mae-refine_mixed50_final.keras")
+    assert isinstance(final, models.RefineMAE) and record["config"]["hparams"] == TINY["mae-refine"]
+    assert final.hparams == {**models.RefineMAE.DEFAULTS, **TINY["mae-refine"]}
 
 
 def test_bug_shows_short_message_and_traceback_log(cli, monkeypatch, tmp_path):

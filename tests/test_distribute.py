@@ -12,11 +12,12 @@ import time
 import numpy as np
 import pytest
 
+from conftest import TINY, tiny_flag
 from maskvit import distribute, models, train
 from maskvit.errors import MaskvitError
 
 # mae: no dropout, so the two replicas' halves of a batch see exactly what one process sees.
-ARGS = ["--recipe", "seed", "--model", "mae", "--epochs", "3", "--batch-size", "32", "--val-size", "40"]
+ARGS = ["--recipe", "seed", "--model", "mae", *tiny_flag("mae"), "--epochs", "3", "--batch-size", "32", "--val-size", "40"]
 # Relative, on validation losses. All-reduced gradients are summed in another order, and Adam's
 # first steps scale each gradient component to about +-lr whatever its size, so rounding-level
 # differences in near-zero components grow: measured 0.15% after 5 steps, then shrinking.
@@ -47,8 +48,8 @@ def start_workers(archive, out, tmp_path):
 
 
 def test_two_workers_train_like_one_process_and_resume_from_the_chief(fake_archive, tmp_path):
-    reference = train.train(train.TrainConfig(recipe="seed", model="mae", epochs=3, batch_size=32, val_size=40, data=str(fake_archive),
-                                              output=str(tmp_path / "ref")))
+    reference = train.train(train.TrainConfig(recipe="seed", model="mae", hparams=TINY["mae"], epochs=3, batch_size=32, val_size=40,
+                                              data=str(fake_archive), output=str(tmp_path / "ref")))
     out = tmp_path / "run"
     record_path = out / "mae_random50_run.json"
     procs = start_workers(fake_archive, out, tmp_path)
@@ -102,7 +103,7 @@ def test_global_batch_must_split_over_replicas_and_sets_the_learning_rate():
 
 
 def test_mirrored_strategy_on_the_cpu_trains_like_the_default(fake_archive, tmp_path):
-    runs = [train.train(train.TrainConfig(recipe="seed", model="mae", epochs=2, batch_size=32, val_size=40, data=str(fake_archive),
-                                          output=str(tmp_path / name), strategy=name)) for name in ("default", "mirrored")]
+    runs = [train.train(train.TrainConfig(recipe="seed", model="mae", hparams=TINY["mae"], epochs=2, batch_size=32, val_size=40,
+                                          data=str(fake_archive), output=str(tmp_path / name), strategy=name)) for name in ("default", "mirrored")]
     assert runs[1]["replicas"] == 1 and runs[1]["chief"]
     np.testing.assert_allclose(runs[1]["history"]["val_loss"], runs[0]["history"]["val_loss"], rtol=1e-5)

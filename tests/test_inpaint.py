@@ -5,6 +5,7 @@ import pytest
 import tensorflow as tf
 from skimage.restoration import inpaint_biharmonic
 
+from conftest import TINY
 from maskvit import baselines, inpaint, masking, models, train
 from maskvit.errors import MaskvitError
 
@@ -82,7 +83,7 @@ def test_fill_does_not_read_hidden_pixels():
 
 @pytest.mark.parametrize("strategy", ["random", "row", "block"])
 def test_refine_model_started_from_a_mae_is_the_fill_plus_a_share_of_its_prediction(strategy, tmp_path):
-    mae, refine = models.build("mae"), models.build("mae-refine")
+    mae, refine = models.build("mae", **TINY["mae"]), models.build("mae-refine", **TINY["mae"])
     mae.save(tmp_path / "mae.keras")
     train.start_from(refine, str(tmp_path / "mae.keras"))
     images = tf.random.stateless_uniform([4, 32, 32, 3], seed=[1, 1])
@@ -92,7 +93,7 @@ def test_refine_model_started_from_a_mae_is_the_fill_plus_a_share_of_its_predict
     np.testing.assert_allclose(refine((images, mask)).numpy(), expected, atol=1e-6)
     refine.save(tmp_path / "refine.keras")
     with pytest.raises(MaskvitError, match="a mae-refine model; this run trains a mae model"):
-        train.start_from(models.build("mae"), str(tmp_path / "refine.keras"))
+        train.start_from(models.build("mae", **TINY["mae"]), str(tmp_path / "refine.keras"))
 
 
 def test_picture_fill_is_exact_on_a_ramp_across_windows():
@@ -115,7 +116,7 @@ def test_models_give_their_fill_beside_the_prediction():
     mask = masking.make_masks("random", 0.5, 3, [4, 5])
     expected_fill = masking.composite(images, inpaint.smooth_fill(images, mask), mask).numpy()
     for name in ("mae", "mae-refine"):
-        model = models.build(name)
+        model = models.build(name, **TINY[name])
         predicted, fill = model.reconstruct_and_fill(images, mask)
         np.testing.assert_allclose(predicted.numpy(), model.reconstruct(images, mask).numpy(), atol=1e-6)
         np.testing.assert_allclose(fill.numpy(), expected_fill, atol=1e-6)

@@ -14,13 +14,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import TINY, tiny_flag
 from maskvit import models, train
 from maskvit.errors import MaskvitError
 from maskvit.files import atomic_path
 
 
 def config(archive, out, **kw):
-    return train.TrainConfig(**{"recipe": "seed", "epochs": 4, "batch_size": 32, "val_size": 40, "data": str(archive), "output": str(out), **kw})
+    kw = {"recipe": "seed", "epochs": 4, "batch_size": 32, "val_size": 40, "data": str(archive), "output": str(out), **kw}
+    return train.TrainConfig(**{"hparams": TINY[kw.get("model", "seed")], **kw})
 
 
 def weights(path):
@@ -28,10 +30,11 @@ def weights(path):
 
 
 def test_killed_run_resumes_to_identical_weights(fake_archive, tmp_path):
-    reference = train.train(config(fake_archive, tmp_path / "ref"))
+    # 8 epochs: a tiny model's epoch is short, and the kill must come before the last one ends.
+    reference = train.train(config(fake_archive, tmp_path / "ref", epochs=8))
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "maskvit", "train", "--recipe", "seed", "--epochs", "4", "--batch-size", "32", "--val-size", "40",
-           "--data", str(fake_archive), "--output", str(out)]
+    cmd = [sys.executable, "-m", "maskvit", "train", "--recipe", "seed", "--epochs", "8", "--batch-size", "32", "--val-size", "40",
+           *tiny_flag("seed"), "--data", str(fake_archive), "--output", str(out)]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     record_path = out / "seed_random50_run.json"
@@ -44,7 +47,7 @@ def test_killed_run_resumes_to_identical_weights(fake_archive, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed = json.loads(record_path.read_text())
-    assert "final" not in killed and 1 <= killed["resume"]["epoch"] < 4
+    assert "final" not in killed and 1 <= killed["resume"]["epoch"] < 8
     assert not (out / "seed_random50_final.keras").exists()
 
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
@@ -128,14 +131,16 @@ def test_optimizer_must_belong_to_the_recipe():
     for recipe, optimizer in (("seed", "muon"), ("fast", "adam"), ("fast", "sgd")):
         with pytest.raises(MaskvitError, match=f"unknown optimizer '{optimizer}' for the {recipe} recipe"):
             train.TrainConfig(recipe=recipe, optimizer=optimizer).check()
-    # A run record written before --optimizer existed still resumes as its recipe's optimizer.
-    old = {k: v for k, v in asdict(train.TrainConfig()).items() if k != "optimizer"}
+    # A run record written before --optimizer and --hparams existed still resumes: its recipe's
+    # optimizer, the preset's size.
+    old = {k: v for k, v in asdict(train.TrainConfig()).items() if k not in ("optimizer", "hparams")}
     assert train._same_run(old, asdict(train.TrainConfig())) and not train._same_run(old, asdict(train.TrainConfig(optimizer="muon")))
+    assert not train._same_run(old, asdict(train.TrainConfig(hparams={"depth": 2})))
 
 
 def test_init_starts_from_the_given_weights_and_refuses_another_model(fake_archive, tmp_path):
     source = tmp_path / "source.keras"
-    models.build("mae").save(source)
+    models.build("mae", **TINY["mae"]).save(source)
 
     class FirstWeights(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):
@@ -148,6 +153,6 @@ def test_init_starts_from_the_given_weights_and_refuses_another_model(fake_archi
     assert record["config"]["init"] == str(source) and record["config"]["zoom"] == 2.0
     with pytest.raises(MaskvitError, match="a mae model; this run trains a seed model"):
         train.train(config(fake_archive, tmp_path / "b", init=str(source)))
-    models.build("mae", decoder_depth=1).save(tmp_path / "small.keras")
-    with pytest.raises(MaskvitError, match="a mae model of another size .decoder_depth 1"):
+    models.build("mae", **{**TINY["mae"], "decoder_depth": 2}).save(tmp_path / "small.keras")
+    with pytest.raises(MaskvitError, match="a mae model of another size .decoder_depth 2"):
         train.train(config(fake_archive, tmp_path / "c", model="mae", init=str(tmp_path / "small.keras")))

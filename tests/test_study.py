@@ -7,6 +7,7 @@ import pytest
 from skimage.metrics import peak_signal_noise_ratio
 from skimage.restoration import inpaint_biharmonic
 
+from conftest import tiny_flag
 from maskvit import baselines, data, evaluate, importance, masking, models
 
 
@@ -128,7 +129,7 @@ def test_importance_training_steps_use_the_importance_masks_of_the_current_weigh
 
 
 def test_train_with_importance_masks_from_itself_or_a_scorer(cli, fake_archive, tmp_path):
-    common = ["--model", "mae", "--epochs", "1", "--batch-size", "16", "--val-size", "40", "--data", fake_archive, "--output", tmp_path]
+    common = ["--model", "mae", *tiny_flag("mae"), "--epochs", "1", "--batch-size", "16", "--val-size", "40", "--data", fake_archive, "--output", tmp_path]
     code, out, err = cli("train", "--mask", "importance", "--ratio", "0.3", *common)
     assert code == 0, err
     record = json.loads((tmp_path / "mae_importance30_run.json").read_text())

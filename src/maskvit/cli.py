@@ -124,14 +124,17 @@ def train(
     strategy: str = typer.Option("default", "--strategy", help="default: one device; mirrored: every local GPU (or the CPU); multiworker: the cluster in TF_CONFIG. --batch-size is the global batch."),
     zoom: float = typer.Option(1.0, "--zoom", help="Above 1: train on random crops zoomed up to this factor (side 32/z px, resized to 32x32), as tiles of large photographs look; 1: whole images."),
     init: Optional[Path] = typer.Option(None, "--init", help="Start from this model file's weights instead of random ones: fine-tuning. The same --model, or mae-refine from a mae (it starts as the fill plus 12% of the mae's prediction)."),
+    hparams: str = typer.Option("", "--hparams", help="A smaller or larger model than the preset: comma-separated key=value, e.g. depth=2,dim=64. ViTs: dim, depth, heads, mlp_dim, dropout; mae(-refine) also decoder_dim, decoder_depth, decoder_mlp_dim (and fill_steps); autoencoders: bottleneck (and pixel_dropout)."),
 ):
     """Train a model; writes <prefix>_best.keras, <prefix>_final.keras and <prefix>_run.json."""
+    from .models import parse_hparams
     from .train import TrainConfig, train as run
 
     config = TrainConfig(model=model, mask=mask, ratio=ratio, epochs=epochs, batch_size=batch_size, recipe=recipe,
                          val_size=val_size, limit=limit, seed=seed, data=data, output=str(output), name=name, resume=resume, precision=precision,
                          loss=loss, optimizer=optimizer, scorer=scorer and str(scorer), strategy=strategy, zoom=zoom, init=init and str(init))
     config.check()
+    config.hparams = parse_hparams(hparams, config.model)
     record = run(config, progress=_progress_callback())
     if record.get("resumed_at_epochs"):
         console.print(f"resumed an interrupted run after epoch {record['resumed_at_epochs'][-1]}")

@@ -362,9 +362,47 @@ MODELS = {"seed": SeedViT, "mae": MAE, "mae-refine": RefineMAE, "autoencoder": C
 
 
 def build(name: str, **hparams) -> MaskedModel:
+    check_hparams(name, hparams)
+    return _with_weights(MODELS[name](**hparams))
+
+
+def check_hparams(name: str, hparams: dict) -> None:
+    """Refuse a preset's unknown hyper-parameters and values it cannot be built with: counts
+    and widths are whole numbers from 1, dropout rates in [0, 1), widths split over the heads."""
+    for key, value in hparams.items():
+        whole = isinstance(_default(name, key), int)
+        if (whole and not (isinstance(value, int) and value >= 1)) or (not whole and not (isinstance(value, (int, float)) and 0 <= value < 1)):
+            raise MaskvitError(f"hyper-parameter {key}={value!r}: must be {'a whole number from 1' if whole else 'in [0, 1)'}")
+    h = {**_default(name), **hparams}
+    for width in ("dim", "decoder_dim"):
+        if width in h and h[width] % h["heads"]:
+            raise MaskvitError(f"hyper-parameter {width}={h[width]} does not split over heads={h['heads']}")
+
+
+def parse_hparams(text: str, name: str) -> dict:
+    """"depth=2,dim=64" -> {"depth": 2, "dim": 64}, typed and checked for the preset `name`."""
+    hparams = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, _, value = (part.strip() for part in item.partition("="))
+        if not value:
+            raise MaskvitError(f"--hparams: {item!r} is not key=value, as in depth=2")
+        kind = type(_default(name, key))
+        try:
+            hparams[key] = kind(value)
+        except ValueError:
+            raise MaskvitError(f"--hparams: {key}={value!r} is not {'a whole number' if kind is int else 'a number'}") from None
+    check_hparams(name, hparams)
+    return hparams
+
+
+def _default(name: str, key: str | None = None):
+    """The preset's default hyper-parameters, or the one named key."""
     if name not in MODELS:
         raise MaskvitError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
-    return _with_weights(MODELS[name](**hparams))
+    defaults = MODELS[name].DEFAULTS
+    if key is not None and key not in defaults:
+        raise MaskvitError(f"unknown hyper-parameter {key!r} for the {name} model; it has {', '.join(defaults)}")
+    return defaults if key is None else defaults[key]
 
 
 def _with_weights(model: MaskedModel) -> MaskedModel:

@@ -8,7 +8,7 @@ import math
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import keras
@@ -67,6 +67,7 @@ class TrainConfig:
     strategy: str = "default"  # default | mirrored (local devices) | multiworker (TF_CONFIG); batch_size is global
     zoom: float = 1.0  # > 1: train on random crops of side 32/z px, z log-uniform in [1, zoom], resized to 32x32
     init: str | None = None  # start from this model file's weights (same model and size, or one it extends) instead of random ones
+    hparams: dict = field(default_factory=dict)  # the model's hyper-parameters that differ from its preset's, e.g. {"depth": 2}
 
     def __post_init__(self):
         for field in ("model", "batch_size", "precision", "loss", "optimizer"):
@@ -79,8 +80,7 @@ class TrainConfig:
         masking.check(self.mask, self.ratio)
         if self.scorer is not None and self.mask not in masking.SCORED:
             raise MaskvitError(f"--scorer ranks patches for importance masks; it has no use with --mask {self.mask}")
-        if self.model not in models.MODELS:
-            raise MaskvitError(f"unknown model {self.model!r}; choose one of {', '.join(models.MODELS)}")
+        models.check_hparams(self.model, self.hparams)  # the model's name too
         if self.strategy not in distribute.STRATEGIES:
             raise MaskvitError(f"unknown distribution strategy {self.strategy!r}; choose one of {', '.join(distribute.STRATEGIES)}")
         if self.loss not in models.LOSSES:
@@ -274,7 +274,7 @@ def start_from(model, path: str) -> None:
 
 def _same_run(a: dict, b: dict) -> bool:
     ignore = {"data", "output", "resume", "strategy"}  # where things live and run does not change the run
-    a = {"optimizer": RECIPES.get(a.get("recipe"), {}).get("optimizer"), **a}  # records from before --optimizer
+    a = {"optimizer": RECIPES.get(a.get("recipe"), {}).get("optimizer"), "hparams": {}, **a}  # records from before these fields
     return {k: v for k, v in a.items() if k not in ignore} == {k: v for k, v in b.items() if k not in ignore}
 
 
@@ -322,7 +322,7 @@ def train(config: TrainConfig, progress: keras.callbacks.Callback | None = None)
         # else it continues in float32, slower and no longer bit-identical to an uninterrupted run.
         keras.mixed_precision.set_global_policy("mixed_bfloat16" if config.precision == "bfloat16" else "float32")
         try:
-            model = models.load(previous["resume"]["path"], compile=True) if previous else models.build(config.model)
+            model = models.load(previous["resume"]["path"], compile=True) if previous else models.build(config.model, **config.hparams)
         finally:
             keras.mixed_precision.set_global_policy("float32")
         if previous:  # weights and optimizer state from the checkpoint
