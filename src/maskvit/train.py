@@ -8,6 +8,7 @@ import math
 import os
 import platform
 import time
+import weakref
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -122,15 +123,51 @@ def peak_lr(config: TrainConfig) -> float:
     return r["muon_lr" if config.optimizer == "muon" else "lr"] * math.sqrt(config.batch_size / r["batch_size"])
 
 
+@keras.saving.register_keras_serializable(package="maskvit")
+class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
+    """A linear warm-up from 0 to `peak` over `warmup_steps`, then a cosine decay to
+    `final_fraction` * peak over `decay_steps`: the rates of Keras' CosineDecay(0.0, decay_steps,
+    final_fraction, warmup_target=peak, warmup_steps=warmup_steps) (by the same float32 arithmetic,
+    though in a graph TensorFlow may round a rate differently in its last bit), but cheaper to
+    trace. AdamW asks for its rate once per variable for weight decay, and CosineDecay makes each
+    rate a cond: ~110 conds in a mae's training step. A 2-epoch run on 200 images took 25 s with
+    them and 14 s with this schedule, the difference in tracing and optimising the step's graph.
+    So the phases are chosen by a select, and the rate is computed once per graph and step."""
+
+    def __init__(self, peak: float, warmup_steps: int, decay_steps: int, final_fraction: float):
+        self.peak, self.warmup_steps, self.decay_steps, self.final_fraction = peak, warmup_steps, decay_steps, final_fraction
+        self._traced = weakref.WeakKeyDictionary()  # graph -> [(step, rate)]
+
+    def __call__(self, step):
+        if tf.executing_eagerly():
+            return self.rate(step)
+        # Within one graph, every read of the step comes before the optimizer increments it.
+        seen = self._traced.setdefault(tf.compat.v1.get_default_graph(), [])
+        for known, rate in seen:
+            if known is step:
+                return rate
+        seen.append((step, self.rate(step)))
+        return seen[-1][1]
+
+    def rate(self, step):
+        warmup, total = float(self.warmup_steps), float(self.warmup_steps + self.decay_steps)
+        step = tf.minimum(tf.cast(step, tf.float32), total)
+        rising = self.peak * (step / max(warmup, 1.0))
+        cosine = 0.5 * (1.0 + tf.cos(math.pi * ((step - warmup) / float(self.decay_steps))))
+        falling = self.peak * ((1 - self.final_fraction) * cosine + self.final_fraction)
+        return tf.where(step < warmup, rising, falling)
+
+    def get_config(self) -> dict:
+        return {"peak": self.peak, "warmup_steps": self.warmup_steps, "decay_steps": self.decay_steps, "final_fraction": self.final_fraction}
+
+
 def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
     r, lr = RECIPES[config.recipe], peak_lr(config)
     if r["optimizer"] == "adam":
         return keras.optimizers.Adam(lr)
     total = config.epochs * steps_per_epoch
     warmup = min(int(r["warmup_epochs"] * steps_per_epoch), total // 2)
-    schedule = keras.optimizers.schedules.CosineDecay(
-        0.0, decay_steps=max(total - warmup, 1), alpha=r["final_lr_fraction"], warmup_target=lr, warmup_steps=warmup
-    )
+    schedule = WarmupCosine(lr, warmup, max(total - warmup, 1), r["final_lr_fraction"])
     if config.optimizer == "muon":
         return keras.optimizers.Muon(schedule, adam_beta_2=r["beta_2"], weight_decay=r["weight_decay"], adam_weight_decay=r["weight_decay"])
     return keras.optimizers.AdamW(schedule, beta_2=r["beta_2"], weight_decay=r["weight_decay"])
