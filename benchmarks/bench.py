@@ -118,7 +118,7 @@ def main():
     parser.add_argument("--target-epochs", type=int, default=0,
                         help="also train the fast recipe (random 50%% masks) for this many epochs, timing PSNR >= 22.75 dB")
     parser.add_argument("--target-model", default="mae-refine", choices=list(models.MODELS), help="the model trained for --target-epochs")
-    parser.add_argument("--target-optimizer", default="adamw", choices=list(train.OPTIMIZERS["fast"]), help="its optimizer (train --optimizer)")
+    parser.add_argument("--target-optimizer", default=train.RECIPES["fast"]["optimizer"], choices=list(train.OPTIMIZERS["fast"]), help="its optimizer (train --optimizer)")
     args = parser.parse_args()
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.processor() or ''} python {platform.python_version()}, "
           f"tensorflow {tf.__version__}, keras {keras.__version__}")

@@ -115,7 +115,7 @@ def test_default_recipe_is_fast_mae_refine_in_mixed_precision(fake_archive, tmp_
     record = json.loads((tmp_path / "mae-refine_mixed50_run.json").read_text())
     assert record["config"]["data"] is None and record["data_source"] == str(fake_archive.resolve())
     assert record["config"]["recipe"] == "fast" and record["config"]["model"] == "mae-refine"
-    assert record["config"]["precision"] == "bfloat16"
+    assert record["config"]["precision"] == "bfloat16" and record["config"]["optimizer"] == "muon"
     assert record["config"]["loss"] == "log-mse" and max(record["history"]["val_loss"]) < 0  # a log of MSEs below 1
     lrs = record["history"]["lr"]
     assert lrs[0] < lrs[1]  # linear warm-up over the first epoch

@@ -96,7 +96,8 @@ def test_bad_distribution_settings_are_one_line_errors(cli, fake_archive, tmp_pa
 def test_global_batch_must_split_over_replicas_and_sets_the_learning_rate():
     config = train.TrainConfig(recipe="seed", batch_size=512)
     assert train.peak_lr(config) == pytest.approx(1e-3 * 2)  # seed recipe: 1e-3 at batch 128, sqrt rule
-    assert train.peak_lr(train.TrainConfig(recipe="fast")) == pytest.approx(2e-3)
+    assert train.peak_lr(train.TrainConfig(recipe="fast")) == pytest.approx(4e-3)  # Muon's
+    assert train.peak_lr(train.TrainConfig(recipe="fast", optimizer="adamw")) == pytest.approx(2e-3)
     assert distribute.multi_worker(distribute.make("default")) is False
     with pytest.raises(MaskvitError, match="unknown distribution strategy"):
         distribute.make("tpu")

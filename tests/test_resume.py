@@ -127,15 +127,15 @@ def test_importance_muon_bf16_training_resumes_to_identical_weights(fake_archive
 
 
 def test_optimizer_must_belong_to_the_recipe():
-    assert train.TrainConfig().optimizer == "adamw" and train.TrainConfig(recipe="seed").optimizer == "adam"
+    assert train.TrainConfig().optimizer == "muon" and train.TrainConfig(recipe="seed").optimizer == "adam"
     for recipe, optimizer in (("seed", "muon"), ("fast", "adam"), ("fast", "sgd")):
         with pytest.raises(MaskvitError, match=f"unknown optimizer '{optimizer}' for the {recipe} recipe"):
             train.TrainConfig(recipe=recipe, optimizer=optimizer).check()
-    # A run record written before --optimizer and --hparams existed still resumes: its recipe's
-    # optimizer, the preset's size.
+    # A run record written before --optimizer and --hparams existed still resumes: as AdamW (the
+    # fast recipe's optimizer then), at the preset's size.
     old = {k: v for k, v in asdict(train.TrainConfig()).items() if k not in ("optimizer", "hparams")}
-    assert train._same_run(old, asdict(train.TrainConfig())) and not train._same_run(old, asdict(train.TrainConfig(optimizer="muon")))
-    assert not train._same_run(old, asdict(train.TrainConfig(hparams={"depth": 2})))
+    assert train._same_run(old, asdict(train.TrainConfig(optimizer="adamw"))) and not train._same_run(old, asdict(train.TrainConfig()))
+    assert not train._same_run(old, asdict(train.TrainConfig(optimizer="adamw", hparams={"depth": 2})))
 
 
 def test_init_starts_from_the_given_weights_and_refuses_another_model(fake_archive, tmp_path):
