@@ -370,9 +370,11 @@ def check_hparams(name: str, hparams: dict) -> None:
     """Refuse a preset's unknown hyper-parameters and values it cannot be built with: counts
     and widths are whole numbers from 1, dropout rates in [0, 1), widths split over the heads."""
     for key, value in hparams.items():
-        whole = isinstance(_default(name, key), int)
-        if (whole and not (isinstance(value, int) and value >= 1)) or (not whole and not (isinstance(value, (int, float)) and 0 <= value < 1)):
-            raise MaskvitError(f"hyper-parameter {key}={value!r}: must be {'a whole number from 1' if whole else 'in [0, 1)'}")
+        if isinstance(_default(name, key), int):
+            if not (isinstance(value, int) and value >= 1):
+                raise MaskvitError(f"hyper-parameter {key}={value!r}: must be a whole number from 1")
+        elif not (isinstance(value, (int, float)) and 0 <= value < 1):
+            raise MaskvitError(f"hyper-parameter {key}={value!r}: must be in [0, 1)")
     h = {**_default(name), **hparams}
     for width in ("dim", "decoder_dim"):
         if width in h and h[width] % h["heads"]:

@@ -165,7 +165,7 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
 
 def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
     r, lr = RECIPES[config.recipe], peak_lr(config)
-    if r["optimizer"] == "adam":
+    if config.optimizer == "adam":
         return keras.optimizers.Adam(lr)
     total = config.epochs * steps_per_epoch
     warmup = min(int(r["warmup_epochs"] * steps_per_epoch), total // 2)
