@@ -27,7 +27,7 @@ from .files import atomic_path, ensure_folder, write_json
 # rather than to zero (a prototype lost ~0.9 dB decaying to zero in a short run). Its beta_2 of
 # 0.95 (MAE's) and log-mse loss each gained at random 50% in 7-epoch runs from scratch (+0.01
 # and +0.04 dB), and together +0.15 to +0.29 dB at 50% masks after 36 epochs of mae on mixed
-# masks (the shipped stage 1 against its predecessor). Its model is mae-refine: ~10% fewer
+# masks (the AdamW stage 1 against its predecessor). Its model is mae-refine: ~10% fewer
 # images/s than the plain mae, but it starts from the biharmonic fill and stays ahead (random
 # 50%, mixed-mask training: 22.3-22.5 dB after 3 epochs against the mae's 19.2-19.7 after 4).
 # --optimizer muon (fast recipe): Keras' Muon, the orthogonalised momentum update, on the
@@ -35,9 +35,9 @@ from .files import atomic_path, ensure_folder, write_json
 # beta_2 and weight decay, on the rest (biases, norms, embeddings, the 3-D attention kernels).
 # In 3-epoch runs from scratch (mae-refine, random 50%, full test set), against AdamW's
 # 22.41 / 22.49 / 22.55 dB after each epoch: 22.42 / 22.54 / 22.60 at AdamW's peak rate, 22.45 /
-# 22.61 / 22.71 at twice it (muon_lr). The default since a 16-epoch stage 2 from the shipped
-# stage 1 (the shipped model's run but for the optimizer) scored +0.07 to +0.22 dB above the
-# AdamW one in every cell of the test grid, SSIM higher in each.
+# 22.61 / 22.71 at twice it (muon_lr). The default since a 16-epoch stage 2 from the AdamW
+# stage 1 scored +0.07 to +0.22 dB above AdamW's stage 2 in every cell of the test grid, SSIM
+# higher in each; both stages with Muon (the shipped pair) +0.15 to +0.42 dB.
 RECIPES = {
     "seed": dict(model="seed", batch_size=128, precision="float32", loss="mse", optimizer="adam", lr=1e-3,
                  plateau_factor=0.5, plateau_patience=3, min_lr=1e-4),
