@@ -1,5 +1,6 @@
 """The real `maskvit` entry point, run in-process: results, exit codes and one-line errors."""
 
+import hashlib
 import json
 
 import pytest
@@ -28,7 +29,12 @@ def test_train_then_evaluate(fake_archive, tmp_path, cli):
     code, out, err = cli("evaluate", out_dir / "seed_row50_best.keras", "--mask", "column", "--ratio", "0.3",
                          "--data", fake_archive, "--json", result_path, "--limit", "30")
     assert code == 0, err
-    result = json.loads(result_path.read_text())["rows"][0]
+    written = json.loads(result_path.read_text())
+    # Which weights and data: enough to tell this result from another model file of the same name.
+    best = out_dir / "seed_row50_best.keras"
+    assert written["model"] == {"file": str(best.resolve()), "sha256": hashlib.sha256(best.read_bytes()).hexdigest()}
+    assert written["data"] == str(fake_archive.resolve())
+    result = written["rows"][0]
     assert result["strategy"] == "column" and result["effective_ratio"] == 0.25 and result["n_images"] == 30
     for metric in ("mse", "psnr", "ssim", "masked_mse", "masked_psnr"):
         low, high = result[metric]["ci95"]
@@ -44,11 +50,15 @@ def test_evaluate_on_embedded_sample(tmp_path, cli):
     assert "random" in out and "16" in out
 
 
-def test_evaluate_names_the_shipped_model_by_its_file(cli):
-    """Not by the package's link to it, assets/default.keras."""
-    code, out, err = cli("evaluate", "--data", "sample", "--limit", "8")
+def test_evaluate_names_the_shipped_model_by_its_file(cli, tmp_path, monkeypatch):
+    """Not by the package's link to it, assets/default.keras; in the table and in the JSON."""
+    monkeypatch.setenv("MASKVIT_DATA", "sample")
+    code, out, err = cli("evaluate", "--limit", "8", "--json", tmp_path / "r.json")
     assert code == 0, err
     assert "maskvit_refine.keras on CIFAR-10 test" in out and "default.keras" not in out
+    written = json.loads((tmp_path / "r.json").read_text())
+    assert written["model"]["file"].endswith("saved_models/maskvit_refine.keras") and len(written["model"]["sha256"]) == 64
+    assert written["data"] == "sample"  # named by the environment, recorded all the same
 
 
 @pytest.mark.parametrize("args, message", [
@@ -143,6 +153,7 @@ def test_demo_runs_with_the_shipped_model(cli, tmp_path):
     code, out, err = cli("demo", "--output", tmp_path)
     assert code == 0, err
     result = json.loads((tmp_path / "demo.json").read_text())
+    assert result["model"]["file"] == str(models.DEFAULT_MODEL.resolve())
     assert len(result["pictures"]) == 9 and [r["strategy"] for r in result["cifar10_sample"]] == ["random", "row", "column"]
     assert (tmp_path / "chelsea_cat_row50_panel.png").exists()
     # The shipped model must beat filling the hole with the visible mean by a wide margin.

@@ -1,5 +1,6 @@
 import json
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -217,6 +218,7 @@ def test_bad_image_is_reported_and_good_ones_still_processed(kind, message, tmp_
     assert (out_dir / "good_column50_panel.png").exists() and (out_dir / "good_column50_reconstructed.png").exists()
     result = json.loads((tmp_path / "r.json").read_text())
     assert [r["image"] for r in result["images"]] == [str(good)] and result["failed"] == [str(bad)]
+    assert result["model"]["file"] == str(Path(model_file).resolve())
     panel = np.asarray(Image.open(out_dir / "good_column50_panel.png"))
     assert panel.shape[0] == 45 and panel.shape[1] > 3 * 70
 

@@ -1,5 +1,6 @@
 """Baselines, grids, compare and visualize: identical masks, exact skimage agreement, files written."""
 
+import hashlib
 import json
 
 import numpy as np
@@ -72,7 +73,9 @@ def test_compare_and_visualize_write_results(tmp_path, cli):
     assert all("vs_best_baseline" in r for r in result["rows"] if r["method"] == "tiny")
     for name in ("compare.csv", "compare_psnr.png", "compare_ssim.png", "summary.md"):
         assert (out / name).stat().st_size > 0
-    assert "tiny.keras" in (out / "summary.md").read_text()
+    sha256 = hashlib.sha256(model_path.read_bytes()).hexdigest()
+    assert result["models"] == [{"file": str(model_path.resolve()), "sha256": sha256}] and result["data"] == "sample"
+    assert f"tiny.keras (sha256 {sha256[:12]})" in (out / "summary.md").read_text()
 
     code, stdout, err = cli("visualize", model_path, "--strategies", "row", "--ratios", "0.5", "--n", "3",
                             "--data", "sample", "--output", out)

@@ -202,6 +202,7 @@ def evaluate(
 ):
     """Score a model on the test set: composite-image MSE/PSNR/SSIM and masked-region MSE/PSNR."""
     from . import models
+    from .data import source_label as data_label
     from .evaluate import csv_text, public
     from .files import write_json, write_text
 
@@ -215,7 +216,7 @@ def evaluate(
     console.print(_metrics_table(f"{shown.name} on CIFAR-10 test", rows))
     console.print(f"{len(rows)} cell(s) in {time.perf_counter() - t0:.1f}s")
     if json_path:
-        write_json(json_path, {"model": str(model_path), "data": data, "rows": public(rows)})
+        write_json(json_path, {"model": models.fingerprint(model_path), "data": data_label(data), "rows": public(rows)})
         console.print(f"wrote {json_path}")
     if csv_path:
         write_text(csv_path, csv_text(rows))
@@ -258,8 +259,10 @@ def compare(
 ):
     """Models against classical inpainting on identical masks, with paired 95% CIs."""
     from . import figures
-    from .models import load as load_model
+    from .data import source_label as data_label
     from .evaluate import add_baseline_differences, csv_text, public
+    from .models import fingerprint
+    from .models import load as load_model
     from .files import ensure_folder, write_json, write_text
 
     cells = _cells(grid, mask, ratio, strategies, ratios)
@@ -272,7 +275,8 @@ def compare(
     add_baseline_differences(rows)
     seconds = time.perf_counter() - t0
     console.print(_metrics_table("comparison on CIFAR-10 test", rows))
-    result = {"models": [str(p) for p in paths], "baselines": chosen, "data": data, "seed": seed, "seconds": seconds, "rows": public(rows)}
+    result = {"models": [fingerprint(p) for p in paths], "baselines": chosen, "data": data_label(data), "seed": seed, "seconds": seconds,
+              "rows": public(rows)}
     write_json(folder / "compare.json", result)
     if json_path:
         write_json(json_path, result)
@@ -349,8 +353,9 @@ def _read_json(path: Path) -> dict:
 def _summary_markdown(result: dict) -> str:
     from .evaluate import METRICS
 
-    lines = ["# maskvit comparison", "", f"- models: {', '.join(result['models'])}", f"- baselines: {', '.join(result['baselines']) or 'none'}",
-             f"- data: {result['data'] or 'default ($MASKVIT_DATA or download)'}, CIFAR-10 test split, {result['rows'][0]['n_images']} images",
+    shown = ", ".join(f"{m['file']} (sha256 {m['sha256'][:12]})" for m in result["models"])
+    lines = ["# maskvit comparison", "", f"- models: {shown}", f"- baselines: {', '.join(result['baselines']) or 'none'}",
+             f"- data: {result['data']}, CIFAR-10 test split, {result['rows'][0]['n_images']} images",
              f"- masks: seeded (seed {result['seed']}), identical for every method within a cell", f"- wall time: {result['seconds']:.0f} s",
              "- metrics: per image on the composite (original visible patches + reconstructed hidden ones); PSNR = skimage "
              "peak_signal_noise_ratio(data_range=1), SSIM = skimage structural_similarity(win_size=7, channel_axis=-1, data_range=1.0); "
@@ -431,7 +436,7 @@ def reconstruct(
         console.print(_images_table(rows))
         console.print(f"outputs in {output}/")
     if json_path:
-        write_json(json_path, {"model": str(model_path or models.DEFAULT_MODEL), "images": rows, "failed": failures})
+        write_json(json_path, {"model": models.fingerprint(model_path), "images": rows, "failed": failures})
     if failures:
         raise MaskvitError(f"{len(failures)} of {len(paths)} images could not be read: {', '.join(failures)}")
 
@@ -464,7 +469,7 @@ def demo(
     console.print(_images_table(rows))
     results = [score(net, sample, strategy, 0.5) for strategy in ("random", "row", "column")]
     console.print(_metrics_table("shipped model on the 256 packaged CIFAR-10 test images", results))
-    write_json(output / "demo.json", {"model": str(model_path or models.DEFAULT_MODEL), "pictures": rows, "cifar10_sample": results})
+    write_json(output / "demo.json", {"model": models.fingerprint(model_path), "pictures": rows, "cifar10_sample": results})
     console.print(f"outputs in {output}/: *_panel.png (original | masked | reconstructed), demo.json")
 
 

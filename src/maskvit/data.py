@@ -117,6 +117,15 @@ def resolve_source(data: str | None) -> str | None:
     return data or os.environ.get(ENV_VAR) or None
 
 
+def source_label(data: str | None) -> str:
+    """What results were computed on, for their records: the data's resolved path, the embedded
+    sample, or the official address (when nothing local was named, the data is downloaded)."""
+    source = resolve_source(data)
+    if source == SAMPLE:
+        return SAMPLE
+    return str(Path(source).resolve()) if source else URL
+
+
 def load_split(split: str, data: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Images [N,32,32,3] uint8 and labels [N] of 'train' (50,000) or 'test' (10,000)."""
     source = resolve_source(data)

@@ -11,6 +11,7 @@ returns a full predicted image [B,32,32,3]; each is trained on its error over hi
 
 from __future__ import annotations
 
+import hashlib
 import zipfile
 from pathlib import Path
 
@@ -430,6 +431,13 @@ def load(path=None, compile: bool = False) -> MaskedModel:
     if not compile and any(layer.compute_dtype != "float32" for layer in model._flatten_layers()):
         model = as_float32(model)  # trained under mixed precision: infer in full precision
     return model
+
+
+def fingerprint(path=None) -> dict:
+    """A model file as results name it: its real path (the shipped model's, not the package's link
+    to it) and the sha256 of its bytes, which tells two files of one name apart."""
+    path = Path(path) if path else DEFAULT_MODEL
+    return {"file": str(path.resolve()), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
 
 
 def as_float32(model: MaskedModel) -> MaskedModel:

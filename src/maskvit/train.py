@@ -374,10 +374,9 @@ def train(config: TrainConfig, progress: keras.callbacks.Callback | None = None)
     if previous:
         record = {**previous, "config": asdict(config), "resumed_at_epochs": previous.get("resumed_at_epochs", []) + [start]}
     else:
-        source = data.resolve_source(config.data)  # config.data is empty when $MASKVIT_DATA named the data
         record = {
             "config": asdict(config),
-            "data_source": str(Path(source).resolve()) if source else data.URL,
+            "data_source": data.source_label(config.data),  # config.data is empty when $MASKVIT_DATA named the data
             "effective_ratio": masking.effective_ratio(config.mask, config.ratio),
             "recipe": RECIPES[config.recipe],
             "lr": peak_lr(config),
