@@ -2,6 +2,8 @@
 
 import hashlib
 import json
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -141,10 +143,11 @@ def test_bug_shows_short_message_and_traceback_log(cli, monkeypatch, tmp_path):
         raise RuntimeError("simulated bug")
 
     monkeypatch.setattr(data, "load_split", broken)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the log goes here, not into the machine's /tmp
     code, out, err = cli("train", "--epochs", "1", "--output", tmp_path)
     assert code == 1 and "unexpected RuntimeError: simulated bug" in err and len(err.strip().splitlines()) == 1
-    log = err.strip().split("traceback in ")[1].rstrip(")")
-    assert "Traceback" in open(log).read() and "simulated bug" in open(log).read()
+    log = Path(err.strip().split("traceback in ")[1].rstrip(")"))
+    assert log.parent == tmp_path and "Traceback" in log.read_text() and "simulated bug" in log.read_text()
 
 
 def test_demo_runs_with_the_shipped_model(cli, tmp_path):
