@@ -147,7 +147,8 @@ def test_bug_shows_short_message_and_traceback_log(cli, monkeypatch, tmp_path):
     code, out, err = cli("train", "--epochs", "1", "--output", tmp_path)
     assert code == 1 and "unexpected RuntimeError: simulated bug" in err and len(err.strip().splitlines()) == 1
     log = Path(err.strip().split("traceback in ")[1].rstrip(")"))
-    assert log.parent == tmp_path and "Traceback" in log.read_text() and "simulated bug" in log.read_text()
+    text = log.read_text()
+    assert log.parent == tmp_path and "Traceback" in text and "simulated bug" in text
 
 
 def test_demo_runs_with_the_shipped_model(cli, tmp_path):
