@@ -29,8 +29,10 @@ def probe_scores(model, images, probes):
     return tf.reduce_mean(tf.where(~probes, grad, 0.0), axis=0) * 2.0  # each patch visible in half the probes
 
 
-def scores(model, images_u8: np.ndarray, seed: int = 0, batch_size: int = 250) -> np.ndarray:
-    """Importance [N,64] of uint8 images under PROBES seeded probe masks, batched."""
+def scores(model, images_u8: np.ndarray, seed: int = 0, batch_size: int = 50) -> np.ndarray:
+    """Importance [N,64] of uint8 images under PROBES seeded probe masks, batched. Small batches:
+    with the shipped model on a 2-core EPYC, 50 images (200 probe passes) took 5.3-5.9 ms per
+    image against 6.3-7.0 ms for 250, in three interleaved repeats; the scores are identical."""
     n, half_probes = len(images_u8), PROBES // 2
     # Drawn for all images at once, so the scores do not depend on the batch size.
     half = data.fixed_masks("random", 0.5, n * half_probes, seed, data.IMPORTANCE_STREAM).reshape(half_probes, n, -1)
