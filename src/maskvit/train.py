@@ -23,13 +23,13 @@ from .files import atomic_path, ensure_folder, write_json
 # The recipes, with the model, batch size and precision each uses unless told otherwise.
 # "seed" is the reference notebook's. "fast", the default, trained the shipped models and the
 # fastest runs measured on this CPU: bf16 mixed precision (+10% images/s for the mae,
-# benchmarks/bench.py), AdamW, a linear warm-up, then cosine decay to 10% of the peak rate
-# rather than to zero (a prototype lost ~0.9 dB decaying to zero in a short run). Its beta_2 of
-# 0.95 (MAE's) and log-mse loss each gained at random 50% in 7-epoch runs from scratch (+0.01
-# and +0.04 dB), and together +0.15 to +0.29 dB at 50% masks after 36 epochs of mae on mixed
-# masks (the AdamW stage 1 against its predecessor). Its model is mae-refine: ~10% fewer
-# images/s than the plain mae, but it starts from the biharmonic fill and stays ahead (random
-# 50%, mixed-mask training: 22.3-22.5 dB after 3 epochs against the mae's 19.2-19.7 after 4).
+# benchmarks/bench.py), Muon (below; AdamW before it), a linear warm-up, then cosine decay to 10% of
+# the peak rate rather than to zero (a prototype lost ~0.9 dB decaying to zero in a short run). Its
+# beta_2 of 0.95 (MAE's) and log-mse loss each gained at random 50% in 7-epoch runs from scratch
+# (+0.01 and +0.04 dB), and together +0.15 to +0.29 dB at 50% masks after 36 epochs of mae on mixed
+# masks (the AdamW stage 1 against its predecessor). Its model is mae-refine: ~10% fewer images/s
+# than the plain mae, but it starts from the biharmonic fill and stays ahead (random 50%, mixed-mask
+# training: 22.3-22.5 dB after 3 epochs against the mae's 19.2-19.7 after 4).
 # --optimizer muon (fast recipe): Keras' Muon, the orthogonalised momentum update, on the
 # dense kernels (MLPs, patch and fill projections, head); Adam-style updates, with the recipe's
 # beta_2 and weight decay, on the rest (biases, norms, embeddings, the 3-D attention kernels).
@@ -37,7 +37,7 @@ from .files import atomic_path, ensure_folder, write_json
 # 22.41 / 22.49 / 22.55 dB after each epoch: 22.42 / 22.54 / 22.60 at AdamW's peak rate, 22.45 /
 # 22.61 / 22.71 at twice it (muon_lr). The default since a 16-epoch stage 2 from the AdamW
 # stage 1 scored +0.07 to +0.22 dB above AdamW's stage 2 in every cell of the test grid, SSIM
-# higher in each; both stages with Muon (the shipped pair) +0.15 to +0.42 dB.
+# higher in each; both stages with Muon (the zoomed pair, now the picture model) +0.15 to +0.42 dB.
 RECIPES = {
     "seed": dict(model="seed", batch_size=128, precision="float32", loss="mse", optimizer="adam", lr=1e-3,
                  plateau_factor=0.5, plateau_patience=3, min_lr=1e-4),
