@@ -157,7 +157,9 @@ def test_demo_runs_with_the_shipped_model(cli, tmp_path):
     code, out, err = cli("demo", "--output", tmp_path)
     assert code == 0, err
     result = json.loads((tmp_path / "demo.json").read_text())
+    # CIFAR-10 is scored with the shipped model, the pictures reconstructed with the picture model.
     assert result["model"]["file"] == str(models.DEFAULT_MODEL.resolve())
+    assert result["picture_model"]["file"] == str(models.PICTURE_MODEL.resolve()) != result["model"]["file"]
     assert len(result["pictures"]) == 9 and [r["strategy"] for r in result["cifar10_sample"]] == ["random", "row", "column"]
     assert (tmp_path / "chelsea_cat_row50_panel.png").exists()
     # The shipped model must beat filling the hole with the visible mean by a wide margin.

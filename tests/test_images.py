@@ -236,6 +236,15 @@ def test_reconstruct_reports_the_blend_and_can_skip_it(tmp_path, model_file, cli
     assert sum(blends["--calibrate"].values()) == pytest.approx(1.0)
 
 
+def test_reconstruct_defaults_to_the_picture_model(tmp_path, cli):
+    picture = tmp_path / "pic.png"
+    Image.fromarray(photo(40, 40)).save(picture)
+    code, out, err = cli("reconstruct", picture, "--no-calibrate", "--output", tmp_path / "out", "--json", tmp_path / "r.json")
+    assert code == 0, err
+    assert json.loads((tmp_path / "r.json").read_text())["model"]["file"] == str(models.PICTURE_MODEL.resolve())
+    assert models.PICTURE_MODEL.resolve() != models.DEFAULT_MODEL.resolve()
+
+
 def test_reconstruct_rejects_other_architectures(tmp_path, cli):
     import keras
 

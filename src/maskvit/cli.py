@@ -118,7 +118,7 @@ def train(
     name: Optional[str] = typer.Option(None, "--name", help="File prefix (default <model>_<mask><ratio%>)."),
     precision: Optional[str] = typer.Option(None, "--precision", help="float32 or bfloat16 (mixed precision; default: the recipe's)."),
     loss: Optional[str] = typer.Option(None, "--loss", help="mse: over the batch's hidden pixels; log-mse: the mean over images of log(hidden-pixel MSE), the loss whose minimum is the best mean PSNR. Default: the recipe's (fast: log-mse, seed: mse)."),
-    optimizer: Optional[str] = typer.Option(None, "--optimizer", help="fast recipe: muon (default: Keras' Muon on the dense kernels, peak rate 4e-3, ahead of AdamW in short runs from scratch and in fine-tuning) or adamw (2e-3: the shipped models'); seed recipe: adam."),
+    optimizer: Optional[str] = typer.Option(None, "--optimizer", help="fast recipe: muon (default: Keras' Muon on the dense kernels, peak rate 4e-3, ahead of AdamW in short runs from scratch and in fine-tuning) or adamw (2e-3); seed recipe: adam."),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue an interrupted run of the same settings in --output (default), or start over."),
     scorer: Optional[Path] = typer.Option(None, "--scorer", help="With --mask importance(-most): the model that ranks patches (default: the model being trained, at every step)."),
     strategy: str = typer.Option("default", "--strategy", help="default: one device; mirrored: every local GPU (or the CPU); multiworker: the cluster in TF_CONFIG. --batch-size is the global batch."),
@@ -370,6 +370,7 @@ def _summary_markdown(result: dict) -> str:
 
 
 ModelOpt = typer.Option(None, "--model", help="A .keras file written by maskvit train (default: the shipped model).")
+PictureModelOpt = typer.Option(None, "--model", help="A .keras file written by maskvit train (default: the shipped picture model, saved_models/maskvit_refine_zoom.keras; for CIFAR-10 images, saved_models/maskvit_refine.keras scores higher).")
 
 
 def _reconstruct_files(net, paths: list[Path], mask: str, ratio: float, seed: int, output: Path, shift: bool = True,
@@ -417,7 +418,7 @@ def reconstruct(
     paths: list[Path] = typer.Argument(..., metavar="IMAGE...", help="PNG, JPEG, BMP, GIF or WebP files of any size."),
     mask: str = MaskOpt,
     ratio: float = RatioOpt,
-    model_path: Optional[Path] = ModelOpt,
+    model_path: Optional[Path] = PictureModelOpt,
     output: Path = typer.Option(Path("reconstructions"), "--output", help="Folder for the panels and reconstructions."),
     seed: int = SeedOpt,
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write per-image metrics to this JSON file."),
@@ -429,6 +430,7 @@ def reconstruct(
     from .files import ensure_folder, write_json
 
     masking.check(mask, ratio)
+    model_path = model_path or models.PICTURE_MODEL
     net = models.load(model_path)
     ensure_folder(output)
     rows, failures = _reconstruct_files(net, paths, mask, ratio, seed, output, shift, calibrate)
@@ -446,8 +448,9 @@ def demo(
     output: Path = typer.Option(Path("maskvit-demo"), "--output", help="Folder for the demo's pictures and results."),
     model_path: Optional[Path] = ModelOpt,
 ):
-    """The main job, with nothing to download: the shipped model reconstructs packaged pictures
-    and is scored on the 256 CIFAR-10 test images packaged with maskvit."""
+    """The main job, with nothing to download: the shipped picture model reconstructs packaged
+    pictures and the shipped model is scored on the 256 CIFAR-10 test images packaged with maskvit
+    (--model: one model for both)."""
     from skimage import data as skdata
 
     from . import data as data_mod
@@ -455,7 +458,8 @@ def demo(
     from .evaluate import evaluate as score
     from .files import ensure_folder, write_json
 
-    net = models.load(model_path)
+    cifar_path, picture_path = model_path or models.DEFAULT_MODEL, model_path or models.PICTURE_MODEL
+    net, picture_net = models.load(cifar_path), models.load(picture_path)
     inputs = ensure_folder(output / "inputs")
     sample, _ = data_mod.load_split("test", data_mod.SAMPLE)
     mosaic = sample[:64].reshape(8, 8, 32, 32, 3).transpose(0, 2, 1, 3, 4).reshape(256, 256, 3)
@@ -465,11 +469,12 @@ def demo(
     rows = []
     for strategy in ("random", "row", "column"):
         for name in pictures:  # the mosaic's tiles are unrelated images: no context across them
-            rows += _reconstruct_files(net, [inputs / name], strategy, 0.5, 0, output, shift=name != "cifar10_test_mosaic.png")[0]
+            rows += _reconstruct_files(picture_net, [inputs / name], strategy, 0.5, 0, output, shift=name != "cifar10_test_mosaic.png")[0]
     console.print(_images_table(rows))
     results = [score(net, sample, strategy, 0.5) for strategy in ("random", "row", "column")]
-    console.print(_metrics_table("shipped model on the 256 packaged CIFAR-10 test images", results))
-    write_json(output / "demo.json", {"model": models.fingerprint(model_path), "pictures": rows, "cifar10_sample": results})
+    console.print(_metrics_table(f"{cifar_path.resolve().name} on the 256 packaged CIFAR-10 test images", results))
+    write_json(output / "demo.json", {"model": models.fingerprint(cifar_path), "picture_model": models.fingerprint(picture_path), "pictures": rows,
+                                      "cifar10_sample": results})
     console.print(f"outputs in {output}/: *_panel.png (original | masked | reconstructed), demo.json")
 
 
