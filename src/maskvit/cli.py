@@ -459,7 +459,8 @@ def demo(
     from .files import ensure_folder, write_json
 
     cifar_path, picture_path = model_path or models.DEFAULT_MODEL, model_path or models.PICTURE_MODEL
-    net, picture_net = models.load(cifar_path), models.load(picture_path)
+    net = models.load(cifar_path)
+    picture_net = net if model_path else models.load(picture_path)
     inputs = ensure_folder(output / "inputs")
     sample, _ = data_mod.load_split("test", data_mod.SAMPLE)
     mosaic = sample[:64].reshape(8, 8, 32, 32, 3).transpose(0, 2, 1, 3, 4).reshape(256, 256, 3)
