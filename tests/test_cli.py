@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY, tiny_flag
-from maskvit import models
+from maskvit import distribute, models
 
 
 
@@ -44,12 +44,15 @@ def test_train_then_evaluate(fake_archive, tmp_path, cli):
     assert "PSNR" in out
 
 
-def test_evaluate_on_embedded_sample(tmp_path, cli):
+def test_evaluate_on_embedded_sample(tmp_path, cli, monkeypatch):
     path = tmp_path / "m.keras"
     models.build("mae").save(path)
+    calls = []
+    monkeypatch.setattr(distribute, "one_thread_per_op", lambda: calls.append(1) or False)
     code, out, err = cli("evaluate", path, "--data", "sample", "--limit", "16")
     assert code == 0, err
     assert "random" in out and "16" in out
+    assert calls == [1]  # inference spread as one batch per core
 
 
 def test_evaluate_names_the_shipped_model_by_its_file(cli, tmp_path, monkeypatch):
@@ -60,7 +63,7 @@ def test_evaluate_names_the_shipped_model_by_its_file(cli, tmp_path, monkeypatch
     assert "maskvit_refine.keras on CIFAR-10 test" in out and "default.keras" not in out
     written = json.loads((tmp_path / "r.json").read_text())
     assert written["model"]["file"].endswith("saved_models/maskvit_refine.keras") and len(written["model"]["sha256"]) == 64
-    assert written["data"] == "sample"  # named by the environment, recorded all the same
+    assert written["data"] == "sample" and written["seconds"] > 0  # named by the environment, recorded all the same
 
 
 @pytest.mark.parametrize("args, message", [

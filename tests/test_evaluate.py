@@ -1,9 +1,13 @@
+import subprocess
+import sys
+
 import numpy as np
 import pytest
+import tensorflow as tf
 from scipy import stats
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from maskvit import data, evaluate, masking, models
+from maskvit import data, distribute, evaluate, masking, models
 
 
 def pair(n=12, noise=0.08):
@@ -42,3 +46,24 @@ def test_evaluate_scores_the_composite():
     # Visible patches are exact, so the whole-image MSE is the masked MSE times the hidden fraction.
     assert result["mse"]["mean"] == pytest.approx(result["masked_mse"]["mean"] * 0.25, rel=1e-5)
     assert result["psnr"]["ci95"][0] < result["psnr"]["mean"] < result["psnr"]["ci95"][1]
+
+
+def test_inference_batches_come_back_in_order_whatever_their_size():
+    assert distribute.map_batches(lambda i, j: (i, j), 23, 5) == [(0, 5), (5, 10), (10, 15), (15, 20), (20, 23)]
+    images = data.load_split("test", data.SAMPLE)[0][:23]
+    masks = data.fixed_masks("block", 0.5, 23, 0)
+    net = models.build("mae")
+    whole = net.reconstruct(data.scale(images), tf.constant(masks)).numpy()
+    np.testing.assert_allclose(evaluate.reconstruct(net, images, masks, batch_size=5), whole, atol=1e-6)
+
+
+def test_one_thread_per_op_only_before_tensorflow_starts():
+    """The evaluation commands' setting takes effect in a fresh process, and is refused (False,
+    nothing changed) once TensorFlow has run an op, as here under pytest."""
+    probe = ("import os, tensorflow as tf; from maskvit import distribute; "
+             "print(distribute.one_thread_per_op(), tf.config.threading.get_intra_op_parallelism_threads(), "
+             "distribute.batches_at_once() == os.cpu_count())")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["True", "1", "True"]
+    tf.zeros(1)
+    assert not distribute.one_thread_per_op() and distribute.batches_at_once() == 2

@@ -201,7 +201,9 @@ def evaluate(
     raw: bool = typer.Option(False, "--raw", help="Score the model's whole output instead of the composite (visible patches taken from the original), as the seed notebook scored its autoencoder."),
 ):
     """Score a model on the test set: composite-image MSE/PSNR/SSIM and masked-region MSE/PSNR."""
-    from . import models
+    from . import distribute, models
+
+    distribute.one_thread_per_op()
     from .data import source_label as data_label
     from .evaluate import csv_text, public
     from .files import write_json, write_text
@@ -213,10 +215,11 @@ def evaluate(
     t0 = time.perf_counter()
     shown = model_path.resolve()  # the shipped model by its file, not by the package's link to it
     rows = _run_grid({shown.stem: net}, images, *cells, seed, scorer and models.load(scorer), raw)
+    seconds = time.perf_counter() - t0
     console.print(_metrics_table(f"{shown.name} on CIFAR-10 test", rows))
-    console.print(f"{len(rows)} cell(s) in {time.perf_counter() - t0:.1f}s")
+    console.print(f"{len(rows)} cell(s) in {seconds:.1f}s")
     if json_path:
-        write_json(json_path, {"model": models.fingerprint(model_path), "data": data_label(data), "rows": public(rows)})
+        write_json(json_path, {"model": models.fingerprint(model_path), "data": data_label(data), "seconds": seconds, "rows": public(rows)})
         console.print(f"wrote {json_path}")
     if csv_path:
         write_text(csv_path, csv_text(rows))
@@ -258,7 +261,9 @@ def compare(
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the JSON here."),
 ):
     """Models against classical inpainting on identical masks, with paired 95% CIs."""
-    from . import figures
+    from . import distribute, figures
+
+    distribute.one_thread_per_op()
     from .data import source_label as data_label
     from .evaluate import add_baseline_differences, csv_text, public
     from .models import fingerprint

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from . import data, masking, models
+from . import data, distribute, masking, models
 
 PROBES = 4  # evaluate: two random 50% masks and their complements, averaged into one map
 
@@ -29,19 +29,19 @@ def probe_scores(model, images, probes):
     return tf.reduce_mean(tf.where(~probes, grad, 0.0), axis=0) * 2.0  # each patch visible in half the probes
 
 
-def scores(model, images_u8: np.ndarray, seed: int = 0, batch_size: int = 50) -> np.ndarray:
-    """Importance [N,64] of uint8 images under PROBES seeded probe masks, batched. Small batches:
-    with the shipped model on a 2-core EPYC, 50 images (200 probe passes) took 5.3-5.9 ms per
-    image against 6.3-7.0 ms for 250, in three interleaved repeats; the scores are identical."""
+def scores(model, images_u8: np.ndarray, seed: int = 0, batch_size: int = distribute.INFER_BATCH) -> np.ndarray:
+    """Importance [N,64] of uint8 images under PROBES seeded probe masks, batched
+    (distribute.map_batches). Small batches: with the shipped model on a 2-core EPYC, 50 images
+    (200 probe passes) took 5.3-5.9 ms per image against 6.3-7.0 ms for 250, in three
+    interleaved repeats; the scores are identical."""
     n, half_probes = len(images_u8), PROBES // 2
     # Drawn for all images at once, so the scores do not depend on the batch size.
     half = data.fixed_masks("random", 0.5, n * half_probes, seed, data.IMPORTANCE_STREAM).reshape(half_probes, n, -1)
     probes = np.concatenate([half, ~half])  # [P,N,64]
     score = tf.function(lambda x, p: probe_scores(model, x, p), input_signature=[
         tf.TensorSpec([None, 32, 32, 3], tf.float32), tf.TensorSpec([PROBES, None, 64], tf.bool)])
-    out = [score(tf.cast(images_u8[i : i + batch_size], tf.float32) / 255.0, probes[:, i : i + batch_size]).numpy()
-           for i in range(0, n, batch_size)]
-    return np.concatenate(out)
+    return np.concatenate(distribute.map_batches(
+        lambda i, j: score(tf.cast(images_u8[i:j], tf.float32) / 255.0, probes[:, i:j]).numpy(), n, batch_size))
 
 
 def masker(scorer, strategy: str, ratio: float):
