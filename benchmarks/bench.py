@@ -5,7 +5,8 @@
 1. Training throughput (images/s, median of interleaved timed windows) of the seed and mae
    presets through maskvit's real pipeline (tf.data masks + Keras fit), beside a plain
    tf.function training step of the seed model on in-memory tensors, in the same run.
-2. Evaluation throughput of `evaluate --grid` (5 strategies x 3 ratios, all metrics) on the test set.
+2. Evaluation throughput of `maskvit evaluate --grid` (5 strategies x 3 ratios, all metrics) on the
+   test set, the command run in its own process.
 3. Wall time from the start of training to PSNR >= 22.75 dB on the full test set at random 50%.
 4. (--workers) `maskvit train` as one process and as two tf.distribute workers on 127.0.0.1
    (MultiWorkerMirroredStrategy), same global batch: training images/s of the whole cluster.
