@@ -26,7 +26,9 @@ def one_thread_per_op() -> bool:
     back-to-back pairs, every number the same; the model's inference 0.64-0.71 against 0.75-0.81
     ms per image in three interleaved repeats (3,000 images, 3 ratios), importance scoring about
     as long as before. Process-wide, and only possible before TensorFlow's first op: returns
-    whether it took effect."""
+    whether it took effect. Not with a GPU, where the CPU's threads only feed it."""
+    if tf.config.list_physical_devices("GPU"):
+        return False
     try:
         tf.config.threading.set_intra_op_parallelism_threads(1)
         tf.config.threading.set_inter_op_parallelism_threads(os.cpu_count() or 1)
