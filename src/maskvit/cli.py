@@ -202,11 +202,11 @@ def evaluate(
 ):
     """Score a model on the test set: composite-image MSE/PSNR/SSIM and masked-region MSE/PSNR."""
     from . import distribute, models
-
-    distribute.one_thread_per_op()
     from .data import source_label as data_label
     from .evaluate import csv_text, public
     from .files import write_json, write_text
+
+    distribute.one_thread_per_op()  # before TensorFlow's first op
 
     cells = _cells(grid, mask, ratio, strategies, ratios)
     model_path = model_path or models.DEFAULT_MODEL
@@ -262,13 +262,13 @@ def compare(
 ):
     """Models against classical inpainting on identical masks, with paired 95% CIs."""
     from . import distribute, figures
-
-    distribute.one_thread_per_op()
     from .data import source_label as data_label
     from .evaluate import add_baseline_differences, csv_text, public
     from .models import fingerprint
     from .models import load as load_model
     from .files import ensure_folder, write_json, write_text
+
+    distribute.one_thread_per_op()  # before TensorFlow's first op
 
     cells = _cells(grid, mask, ratio, strategies, ratios)
     paths, nets, chosen = _methods(model_paths, baselines)
