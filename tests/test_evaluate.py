@@ -51,6 +51,7 @@ def test_evaluate_scores_the_composite():
 
 def test_inference_batches_come_back_in_order_whatever_their_size():
     assert distribute.map_batches(lambda i, j: (i, j), 23, 5) == [(0, 5), (5, 10), (10, 15), (15, 20), (20, 23)]
+    assert data.EVAL_BATCH % distribute.INFER_BATCH == 0  # no batch straddles two draws of "mixed" masks
     images = data.load_split("test", data.SAMPLE)[0][:23]
     masks = data.fixed_masks("block", 0.5, 23, 0)
     net = models.build("mae")
