@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -148,7 +149,7 @@ def main():
                 if run.returncode:
                     print(f"{name:18s} failed: {run.stderr.strip()}")
                     continue
-                seconds = json.loads(open(result).read())["seconds"]
+                seconds = json.loads(Path(result).read_text())["seconds"]
             print(f"{name:18s} {seconds:6.1f} s for {cells} cells = {cells * len(test_images) / seconds:.0f} images/s"
                   f" ({wall:.0f} s wall with start-up)")
 
@@ -207,7 +208,7 @@ def workers_rate(args, limit=10_000, epochs=3):
         if any(p.returncode for p in procs):
             print(f"{n} worker(s): failed: {' | '.join(e.strip() for e in errors)}")
             continue
-        record = json.loads(open(os.path.join(out, "mae_random50_run.json")).read())
+        record = json.loads((Path(out) / "mae_random50_run.json").read_text())
         print(f"{n} process(es) on {os.cpu_count()} shared CPUs: {record['train_images_per_second']:6.0f} images/s, "
               f"{time.perf_counter() - t0:.0f} s wall including start-up")
 

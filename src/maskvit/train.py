@@ -73,9 +73,9 @@ class TrainConfig:
     hparams: dict = field(default_factory=dict)  # the model's hyper-parameters that differ from its preset's, e.g. {"depth": 2}
 
     def __post_init__(self):
-        for field in ("model", "batch_size", "precision", "loss", "optimizer"):
-            if getattr(self, field) is None and self.recipe in RECIPES:
-                setattr(self, field, RECIPES[self.recipe][field])
+        for key in ("model", "batch_size", "precision", "loss", "optimizer"):
+            if getattr(self, key) is None and self.recipe in RECIPES:
+                setattr(self, key, RECIPES[self.recipe][key])
 
     def check(self) -> None:
         if self.recipe not in RECIPES:
@@ -92,9 +92,9 @@ class TrainConfig:
             raise MaskvitError(f"unknown optimizer {self.optimizer!r} for the {self.recipe} recipe; choose {' or '.join(OPTIMIZERS[self.recipe])}")
         if self.precision not in ("float32", "bfloat16"):
             raise MaskvitError(f"unknown precision {self.precision!r}; choose float32 or bfloat16")
-        for field, low in (("epochs", 1), ("batch_size", 1), ("val_size", 1)):
-            if getattr(self, field) < low:
-                raise MaskvitError(f"--{field.replace('_', '-')} must be at least {low}, got {getattr(self, field)}")
+        for key, low in (("epochs", 1), ("batch_size", 1), ("val_size", 1)):
+            if getattr(self, key) < low:
+                raise MaskvitError(f"--{key.replace('_', '-')} must be at least {low}, got {getattr(self, key)}")
         if not (1 <= self.zoom <= 32):
             raise MaskvitError(f"--zoom must be between 1 (whole images) and 32 (one pixel per crop), got {self.zoom}")
         if self.init is not None and not Path(self.init).is_file():
