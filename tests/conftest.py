@@ -77,3 +77,14 @@ def cli(monkeypatch, capsys):
         return exit_info.value.code, out, err
 
     return run
+
+
+@pytest.fixture
+def thread_setup_calls(monkeypatch):
+    """Records each call of distribute.one_thread_per_op (made a no-op, so the test process keeps
+    TensorFlow's threads): inference commands must ask for it once, before TensorFlow starts."""
+    from maskvit import distribute
+
+    calls = []
+    monkeypatch.setattr(distribute, "one_thread_per_op", lambda: calls.append(1) or False)
+    return calls

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY, tiny_flag
-from maskvit import distribute, models
+from maskvit import models
 
 
 
@@ -44,15 +44,13 @@ def test_train_then_evaluate(fake_archive, tmp_path, cli):
     assert "PSNR" in out
 
 
-def test_evaluate_on_embedded_sample(tmp_path, cli, monkeypatch):
+def test_evaluate_on_embedded_sample(tmp_path, cli, thread_setup_calls):
     path = tmp_path / "m.keras"
     models.build("mae").save(path)
-    calls = []
-    monkeypatch.setattr(distribute, "one_thread_per_op", lambda: calls.append(1) or False)
     code, out, err = cli("evaluate", path, "--data", "sample", "--limit", "16")
     assert code == 0, err
     assert "random" in out and "16" in out
-    assert calls == [1]  # inference spread as one batch per core
+    assert thread_setup_calls == [1]  # inference spread as one batch per core
 
 
 def test_evaluate_names_the_shipped_model_by_its_file(cli, tmp_path, monkeypatch):

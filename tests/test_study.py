@@ -9,7 +9,7 @@ from skimage.metrics import peak_signal_noise_ratio
 from skimage.restoration import inpaint_biharmonic
 
 from conftest import tiny_flag
-from maskvit import baselines, data, distribute, evaluate, importance, masking, models
+from maskvit import baselines, data, evaluate, importance, masking, models
 
 
 def sample(n):
@@ -61,16 +61,14 @@ def test_grid_gives_every_method_the_same_masks_and_paired_differences():
 
 
 
-def test_compare_and_visualize_write_results(tmp_path, cli, monkeypatch):
+def test_compare_and_visualize_write_results(tmp_path, cli, thread_setup_calls):
     model_path = tmp_path / "tiny.keras"
     models.build("mae", depth=1, decoder_depth=1).save(model_path)
     out = tmp_path / "results"
-    calls = []
-    monkeypatch.setattr(distribute, "one_thread_per_op", lambda: calls.append(1) or False)
     code, stdout, err = cli("compare", model_path, "--grid", "--strategies", "random,row", "--ratios", "0.5",
                             "--data", "sample", "--limit", "12", "--output", out)
     assert code == 0, err
-    assert calls == [1]  # inference spread as one batch per core
+    assert thread_setup_calls == [1]  # inference spread as one batch per core
     result = json.loads((out / "compare.json").read_text())
     assert {r["method"] for r in result["rows"]} == {"tiny", "biharmonic", "mean"} and len(result["rows"]) == 6
     assert all("vs_best_baseline" in r for r in result["rows"] if r["method"] == "tiny")
