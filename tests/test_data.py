@@ -67,6 +67,7 @@ def test_hostile_pickle_is_refused_and_runs_nothing(tmp_path):
         (lambda p: None, "no such file or folder"),
         (lambda p: p.write_bytes(b""), "corrupt or truncated"),
         (lambda p: p.write_bytes(b"\x1f\x8b" + os.urandom(500)), "corrupt or truncated"),
+        (lambda p: p.write_text("root:x:0:0:root:/root:/bin/bash\n" * 40), "corrupt or truncated"),
         (lambda p: write_archive(p, {k: v for k, v in cifar_members().items() if "batch_3" not in k}), "no cifar-10-batches-py/data_batch_3"),
         (lambda p: write_archive(p, {**cifar_members(), "../../evil": b"x"}), "points outside the archive"),
         (lambda p: write_archive(p, {**cifar_members(), "/etc/evil": b"x"}), "points outside the archive"),
@@ -74,13 +75,14 @@ def test_hostile_pickle_is_refused_and_runs_nothing(tmp_path):
         (lambda p: write_archive(p, {**cifar_members(), "cifar-10-batches-py/data_batch_2": pickle.dumps({b"data": np.zeros((2, 5), np.uint8), b"labels": [0, 1]}, protocol=2)}), "N x 3072"),
         (lambda p: write_archive(p, {**cifar_members(), "cifar-10-batches-py/data_batch_2": pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 12]}, protocol=2)}), "labels must be"),
     ],
-    ids=["missing", "empty", "garbage", "batch-missing", "traversal", "absolute", "not-pickle", "bad-shape", "bad-labels"],
+    ids=["missing", "empty", "garbage", "text", "batch-missing", "traversal", "absolute", "not-pickle", "bad-shape", "bad-labels"],
 )
 def test_bad_data_gives_clear_error(tmp_path, make, message):
     path = tmp_path / "data.tar.gz"
     make(path)
-    with pytest.raises(MaskvitError, match=message):
+    with pytest.raises(MaskvitError, match=message) as error:
         data.load_split("train", str(path))
+    assert "\n" not in str(error.value)  # the CLI prints it as one line
 
 
 def test_truncated_archive(fake_archive):

@@ -82,7 +82,9 @@ def _read_archive(path: Path, wanted: list[str]) -> dict[str, bytes]:
                 if member_path.name in wanted and member.isfile():
                     found[member_path.name] = tar.extractfile(member).read()
     except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
-        raise MaskvitError(f"{path}: corrupt or truncated archive ({e}); download it again") from None
+        # tarfile lists every compression it tried on lines of their own: keep the first, one line.
+        reason = str(e).splitlines()[0].rstrip(":") if str(e) else type(e).__name__
+        raise MaskvitError(f"{path}: corrupt or truncated archive ({reason}); download it again") from None
     missing = [name for name in wanted if name not in found]
     if missing:
         raise MaskvitError(f"{path}: archive has no {FOLDER}/{missing[0]}; is it the CIFAR-10 python version?")
