@@ -21,7 +21,7 @@ from rich.table import Table
 
 import numpy as np
 
-from .errors import MaskvitError
+from .errors import MaskvitError, reason
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Masked image reconstruction with Vision Transformers on CIFAR-10.")
@@ -352,7 +352,7 @@ def _read_json(path: Path) -> dict:
     except FileNotFoundError:
         raise MaskvitError(f"{path}: no such file") from None
     except (OSError, ValueError) as e:
-        raise MaskvitError(f"{path}: not readable JSON ({e})") from None
+        raise MaskvitError(f"{path}: not readable JSON ({reason(e)})") from None
 
 
 def _summary_markdown(result: dict) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import tensorflow as tf
 
-from .errors import MaskvitError
+from .errors import MaskvitError, reason
 from .masking import make_masks
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -52,7 +52,7 @@ def parse_batch(raw: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
     try:
         batch = _PlainDataUnpickler(io.BytesIO(raw), encoding="bytes").load()
     except Exception as e:  # any unpickling failure means the file is not a CIFAR batch
-        raise MaskvitError(f"{name}: not a CIFAR-10 batch ({e})") from None
+        raise MaskvitError(f"{name}: not a CIFAR-10 batch ({reason(e)})") from None
     if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
         raise MaskvitError(f"{name}: not a CIFAR-10 batch (no data/labels entries)")
     data, labels = batch[b"data"], np.asarray(batch[b"labels"])
@@ -82,9 +82,7 @@ def _read_archive(path: Path, wanted: list[str]) -> dict[str, bytes]:
                 if member_path.name in wanted and member.isfile():
                     found[member_path.name] = tar.extractfile(member).read()
     except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
-        # tarfile lists every compression it tried on lines of their own: keep the first, one line.
-        reason = str(e).splitlines()[0].rstrip(":") if str(e) else type(e).__name__
-        raise MaskvitError(f"{path}: corrupt or truncated archive ({reason}); download it again") from None
+        raise MaskvitError(f"{path}: corrupt or truncated archive ({reason(e)}); download it again") from None
     missing = [name for name in wanted if name not in found]
     if missing:
         raise MaskvitError(f"{path}: archive has no {FOLDER}/{missing[0]}; is it the CIFAR-10 python version?")
@@ -110,7 +108,7 @@ def download() -> Path:
         return Path(keras.utils.get_file("cifar-10-python.tar.gz", origin=URL, file_hash=SHA256, hash_algorithm="sha256"))
     except Exception as e:
         raise MaskvitError(
-            f"could not download CIFAR-10 from {URL} ({e}); pass --data PATH or set {ENV_VAR} to a local copy"
+            f"could not download CIFAR-10 from {URL} ({reason(e)}); pass --data PATH or set {ENV_VAR} to a local copy"
         ) from None
 
 

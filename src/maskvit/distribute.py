@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import tensorflow as tf
 
-from .errors import MaskvitError
+from .errors import MaskvitError, reason
 
 STRATEGIES = ("default", "mirrored", "multiworker")
 # Images per inference batch. Small batches keep a batch's activations in a core's cache; it
@@ -64,7 +64,7 @@ def cluster_spec() -> dict:
         if not isinstance(workers, list) or not 0 <= index < len(members):
             raise ValueError(f"task {task_type}:{index} is not in the cluster")
     except (ValueError, KeyError, TypeError) as e:
-        raise MaskvitError(f"TF_CONFIG is not a valid cluster description ({e})") from None
+        raise MaskvitError(f"TF_CONFIG is not a valid cluster description ({reason(e)})") from None
     return config
 
 

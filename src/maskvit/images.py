@@ -12,7 +12,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from scipy import optimize
 
 from . import baselines, inpaint, masking
-from .errors import MaskvitError
+from .errors import MaskvitError, reason
 from .evaluate import SSIM_WIN, ssim_map
 
 TILE = masking.IMAGE
@@ -44,7 +44,7 @@ def read_rgb(path) -> np.ndarray:
     except UnidentifiedImageError:
         raise MaskvitError(f"{path}: not an image Pillow can read") from None
     except (OSError, ValueError, SyntaxError) as e:
-        raise MaskvitError(f"{path}: damaged or truncated image ({e})") from None
+        raise MaskvitError(f"{path}: damaged or truncated image ({reason(e)})") from None
     if min(rgb.shape[:2]) < masking.PATCH:
         raise MaskvitError(f"{path}: {rgb.shape[1]}x{rgb.shape[0]} is smaller than one {masking.PATCH}x{masking.PATCH} patch")
     return rgb

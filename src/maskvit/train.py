@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from . import data, distribute, importance, masking, models
-from .errors import MaskvitError
+from .errors import MaskvitError, reason
 from .files import atomic_path, ensure_folder, write_json
 
 # The recipes, with the model, batch size and precision each uses unless told otherwise.
@@ -325,7 +325,7 @@ def unfinished_run(folder: Path, config: TrainConfig) -> dict | None:
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as e:
-        raise MaskvitError(f"{path}: unreadable run record ({e}); delete it or pass --no-resume") from None
+        raise MaskvitError(f"{path}: unreadable run record ({reason(e)}); delete it or pass --no-resume") from None
     if "resume" not in record or "final" in record or "stopped" in record:
         return None
     if not _same_run(record["config"], asdict(config)):
