@@ -94,6 +94,7 @@ def test_evaluate_names_the_shipped_model_by_its_file(cli, tmp_path, monkeypatch
     (["evaluate", "/nonexistent/model.keras"], "no such model file"),
     (["evaluate", "MODEL_TEXT"], "not a Keras model file"),
     (["evaluate", "MODEL_TEXT", "--mask", "zigzag"], "unknown mask strategy"),
+    (["reconstruct", "x.png", "--mask", "importance"], "reconstruct cannot hide importance patches"),
     (["frobnicate"], "No such command"),
 ])
 def test_bad_input_is_one_line_and_nonzero(args, message, tmp_path, cli, monkeypatch):

@@ -33,6 +33,7 @@ MaskOpt = typer.Option("random", "--mask", help="Masking strategy: random, row, 
 RatioOpt = typer.Option(0.5, "--ratio", help="Fraction of patches hidden, strictly between 0 and 1.")
 DataOpt = typer.Option(None, "--data", help=DATA_HELP)
 SeedOpt = typer.Option(0, "--seed", help="Seed for masks, shuffling and initialisation.")
+MaskSeedOpt = typer.Option(0, "--seed", help="Seed for the masks: the same seed gives every model the same masks.")
 
 
 def _progress_callback():
@@ -150,6 +151,9 @@ StrategiesOpt = typer.Option(None, "--strategies",
                              help="Comma-separated strategies for --grid; default random,row,column,block,importance (also: importance-most).")
 ScorerOpt = typer.Option(None, "--scorer", help="Model whose patch importance sets the importance masks (default: the first model).")
 RatiosOpt = typer.Option(None, "--ratios", help="Comma-separated ratios for --grid; default 0.3,0.5,0.7.")
+# visualize draws every strategy x ratio: it has no --grid to qualify them.
+DrawStrategiesOpt = typer.Option(None, "--strategies", help="Comma-separated strategies to draw; default random,row,column,block,importance (also: importance-most).")
+DrawRatiosOpt = typer.Option(None, "--ratios", help="Comma-separated ratios to draw; default 0.3,0.5,0.7.")
 LimitOpt = typer.Option(None, "--limit", help="Score the first N test images only.")
 
 
@@ -193,7 +197,7 @@ def evaluate(
     strategies: str = StrategiesOpt,
     ratios: str = RatiosOpt,
     limit: Optional[int] = LimitOpt,
-    seed: int = SeedOpt,
+    seed: int = MaskSeedOpt,
     data: Optional[str] = DataOpt,
     scorer: Optional[Path] = ScorerOpt,
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the results to this JSON file."),
@@ -254,7 +258,7 @@ def compare(
     ratios: str = RatiosOpt,
     baselines: str = typer.Option("biharmonic,mean", "--baselines", help="Comma-separated classical baselines (biharmonic, mean); '' for none."),
     limit: Optional[int] = LimitOpt,
-    seed: int = SeedOpt,
+    seed: int = MaskSeedOpt,
     data: Optional[str] = DataOpt,
     scorer: Optional[Path] = ScorerOpt,
     output: Path = typer.Option(Path("results"), "--output", help="Results folder: compare.json/.csv, bar charts, summary.md."),
@@ -295,13 +299,13 @@ def compare(
 @app.command()
 def visualize(
     model_paths: Optional[list[Path]] = typer.Argument(None, metavar="[MODEL]...", help="Model files (default: the shipped model)."),
-    strategies: str = StrategiesOpt,
-    ratios: str = RatiosOpt,
+    strategies: str = DrawStrategiesOpt,
+    ratios: str = DrawRatiosOpt,
     baselines: str = typer.Option("biharmonic", "--baselines", help="Classical baselines shown beside the models; '' for none."),
     n: int = typer.Option(6, "--n", help="Test images per example figure."),
     results: Optional[Path] = typer.Option(None, "--results", help="A compare/evaluate JSON for metric-vs-ratio curves (default: OUTPUT/compare.json if present)."),
     runs: Optional[list[Path]] = typer.Option(None, "--run", help="A <prefix>_run.json from train, for loss and learning-rate curves (repeatable)."),
-    seed: int = SeedOpt,
+    seed: int = MaskSeedOpt,
     data: Optional[str] = DataOpt,
     output: Path = typer.Option(Path("results"), "--output", help="Folder for the PNG figures."),
 ):
@@ -375,6 +379,7 @@ def _summary_markdown(result: dict) -> str:
 
 
 ModelOpt = typer.Option(None, "--model", help="A .keras file written by maskvit train (default: the shipped model).")
+PictureMaskOpt = typer.Option("random", "--mask", help="Masking strategy: random, row, column or block (importance masks are for evaluate and compare).")
 PictureModelOpt = typer.Option(None, "--model", help="A .keras file written by maskvit train (default: the shipped picture model, saved_models/maskvit_refine_zoom.keras; for CIFAR-10 images, saved_models/maskvit_refine.keras scores higher).")
 
 
@@ -421,11 +426,11 @@ def _images_table(rows: list[dict]) -> Table:
 @app.command()
 def reconstruct(
     paths: list[Path] = typer.Argument(..., metavar="IMAGE...", help="PNG, JPEG, BMP, GIF or WebP files of any size."),
-    mask: str = MaskOpt,
+    mask: str = PictureMaskOpt,
     ratio: float = RatioOpt,
     model_path: Optional[Path] = PictureModelOpt,
     output: Path = typer.Option(Path("reconstructions"), "--output", help="Folder for the panels and reconstructions."),
-    seed: int = SeedOpt,
+    seed: int = MaskSeedOpt,
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write per-image metrics to this JSON file."),
     shift: bool = typer.Option(True, "--shift/--no-shift", help="Also predict from tilings shifted by half a tile, so patches on tile borders get context (default); --no-shift for pictures that are grids of unrelated 32x32 images, such as CIFAR-10 mosaics."),
     calibrate: bool = typer.Option(True, "--calibrate/--no-calibrate", help="Blend the model's prediction with smooth (biharmonic) fills, weighted by how well each restores extra patches hidden from the picture's own visible ones (default; the model's weight is printed); --no-calibrate: the model's prediction alone."),
@@ -435,6 +440,9 @@ def reconstruct(
     from .files import ensure_folder, write_json
 
     masking.check(mask, ratio)
+    if mask in masking.SCORED:
+        raise MaskvitError(f"reconstruct cannot hide {mask} patches: those masks are ranked on CIFAR-10 test images by evaluate "
+                           "and compare; choose random, row, column or block")
     model_path = model_path or models.PICTURE_MODEL
     net = models.load(model_path)
     ensure_folder(output)

@@ -279,11 +279,10 @@ def blend_weights(model, canvas: np.ndarray, shape: tuple[int, ...], masks: np.n
         rng = np.random.default_rng(seed)
         h, w = min(CROP, rows), min(CROP, cols)
         crops = [(y, x, h, w) for y, x in zip(rng.integers(0, rows - h + 1, CALIBRATION_CROPS), rng.integers(0, cols - w + 1, CALIBRATION_CROPS))]
-    base = "random" if strategy in masking.SCORED else strategy
     passes = []  # per crop or pass: its pixels, hidden pixels, extra patches, tilings plan
     for k, (y, x, h, w) in enumerate(crops):
         sub_masks = grid_masks[y : y + h, x : x + w].reshape(h * w, -1)
-        extra = masking.make_masks(base, CALIBRATION_RATIO, h * w, [seed, 1 + k]).numpy() & ~sub_masks
+        extra = masking.make_masks(strategy, CALIBRATION_RATIO, h * w, [seed, 1 + k]).numpy() & ~sub_masks
         if not extra.any():
             continue
         test_masks = sub_masks | extra
