@@ -92,7 +92,10 @@ def fill_pixels(images, hidden, steps: int = CG_STEPS, unroll: bool = True, star
     [B,H,W,1] (1 = hidden) -> [B,H,W,3]. unroll=False: the steps as a graph loop, which keeps a
     long fill's graph small (100 unrolled steps take seconds to trace). start: a first guess
     of the hidden pixels [B,H,W,3] (default: first_guess's)."""
-    images, hidden = (tf.transpose(tf.cast(t, tf.float32), [0, 3, 1, 2]) for t in (images, hidden))  # channels first
+    images = tf.transpose(tf.cast(images, tf.float32), [0, 3, 1, 2])  # channels first
+    # One channel: channels first needs no transpose. (TensorFlow's graph optimiser would move a
+    # transpose before the cast, and oneDNN logs an error line for every transpose of bools.)
+    hidden = tf.expand_dims(tf.cast(hidden, tf.float32)[..., 0], 1)
     if start is None:
         x = first_guess(images, hidden)
     else:
