@@ -25,7 +25,9 @@ from .errors import MaskvitError, reason
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Masked image reconstruction with Vision Transformers on CIFAR-10.")
-console = Console(width=None if sys.stdout.isatty() else 130)  # logs and pipes get whole table rows
+# Logs and pipes get one line per table row (the widest, compare with its differences column, is
+# about 155 characters); a narrow terminal folds cells onto more lines rather than cut numbers short.
+console = Console(width=None if sys.stdout.isatty() else 200)
 err_console = Console(stderr=True)
 
 DATA_HELP = "CIFAR-10 python archive (.tar.gz) or its extracted folder; 'sample' for the embedded test images. Default: $MASKVIT_DATA, else download."
@@ -75,7 +77,7 @@ def _metrics_table(title: str, rows: list[dict]) -> Table:
     diffs = any("vs_best_baseline" in r for r in rows)
     cols = (["method"] if several else []) + ["mask", "MSE", "PSNR dB", "SSIM", "masked MSE", "masked PSNR"]
     for col in cols + (["ΔPSNR vs best baseline"] if diffs else []):
-        table.add_column(col, justify="left" if col == "method" else "right", no_wrap=True)
+        table.add_column(col, justify="left" if col == "method" else "right", overflow="fold")
     best = {}
     for r in rows:
         key = (r["strategy"], r["ratio"])
@@ -416,7 +418,7 @@ def _reconstruct_files(net, paths: list[Path], mask: str, ratio: float, seed: in
 def _images_table(rows: list[dict]) -> Table:
     table = Table(title="reconstructions")
     for col in ("image", "size", "mask", "MSE", "PSNR dB", "SSIM", "model weight", "panel"):
-        table.add_column(col, justify="right" if col in ("MSE", "PSNR dB", "SSIM", "model weight") else "left")
+        table.add_column(col, justify="right" if col in ("MSE", "PSNR dB", "SSIM", "model weight") else "left", overflow="fold")
     for r in rows:
         table.add_row(Path(r["image"]).name, f"{r['width']}x{r['height']}", f"{r['strategy']} {r['ratio']:.2f}", f"{r['mse']:.5f}",
                       f"{r['psnr']:.2f}", f"{r['ssim']:.4f}", f"{r['blend']['prediction']:.2f}", Path(r["panel"]).name)
