@@ -72,6 +72,11 @@ def test_compare_and_visualize_write_results(tmp_path, cli, thread_setup_calls):
     result = json.loads((out / "compare.json").read_text())
     assert {r["method"] for r in result["rows"]} == {"tiny", "biharmonic", "mean"} and len(result["rows"]) == 6
     assert all("vs_best_baseline" in r for r in result["rows"] if r["method"] == "tiny")
+    # The printed table (piped here, as in a log) holds every row whole, differences included.
+    assert "…" not in stdout
+    for r in result["rows"]:
+        d = r.get("vs_best_baseline")
+        assert f"{r['psnr']['mean']:.2f} ±" in stdout and (not d or f"{d['psnr']['mean']:+.2f} [{d['psnr']['ci95'][0]:+.2f}, " in stdout)
     for name in ("compare.csv", "compare_psnr.png", "compare_ssim.png", "summary.md"):
         assert (out / name).stat().st_size > 0
     sha256 = hashlib.sha256(model_path.read_bytes()).hexdigest()
