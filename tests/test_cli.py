@@ -50,10 +50,13 @@ def test_train_then_evaluate(fake_archive, tmp_path, cli):
 def test_evaluate_on_embedded_sample(tmp_path, cli, thread_setup_calls):
     path = tmp_path / "m.keras"
     models.build("mae").save(path)
-    code, out, err = cli("evaluate", path, "--data", "sample", "--limit", "16")
+    results = tmp_path / "new" / "folder"  # results files may name folders that do not exist yet
+    code, out, err = cli("evaluate", path, "--data", "sample", "--limit", "16", "--json", results / "r.json", "--csv", results / "r.csv")
     assert code == 0, err
     assert "random" in out and "16" in out
     assert thread_setup_calls == [1]  # inference spread as one batch per core
+    assert json.loads((results / "r.json").read_text())["rows"][0]["n_images"] == 16
+    assert (results / "r.csv").read_text().count("\n") == 2
 
 
 def test_evaluate_names_the_shipped_model_by_its_file(cli, tmp_path, monkeypatch):
@@ -97,6 +100,10 @@ def test_evaluate_names_the_shipped_model_by_its_file(cli, tmp_path, monkeypatch
     (["evaluate", "/nonexistent/model.keras"], "no such model file"),
     (["evaluate", "MODEL_TEXT"], "not a Keras model file"),
     (["evaluate", "MODEL_TEXT", "--mask", "zigzag"], "unknown mask strategy"),
+    # Checked before the work, which would otherwise be lost (run in tmp_path, which holds model.keras).
+    (["evaluate", "--data", "sample", "--json", "."], "is a folder; give --json a file name"),
+    (["compare", "--data", "sample", "--json", "."], "is a folder; give --json a file name"),
+    (["evaluate", "--data", "sample", "--csv", "model.keras/r.csv"], "is a file, not a folder; choose another --csv"),
     (["reconstruct", "x.png", "--mask", "importance"], "reconstruct cannot hide importance patches"),
     (["frobnicate"], "No such command"),
 ])

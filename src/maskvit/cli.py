@@ -210,11 +210,12 @@ def evaluate(
     from . import distribute, models
     from .data import source_label as data_label
     from .evaluate import csv_text, public
-    from .files import write_json, write_text
+    from .files import output_file, write_json, write_text
 
     distribute.one_thread_per_op()  # before TensorFlow's first op
 
     cells = _cells(grid, mask, ratio, strategies, ratios)
+    json_path, csv_path = (path and output_file(path, option) for path, option in ((json_path, "--json"), (csv_path, "--csv")))
     model_path = model_path or models.DEFAULT_MODEL
     net = models.load(model_path)
     images = _test_images(data, limit)
@@ -272,11 +273,12 @@ def compare(
     from .evaluate import add_baseline_differences, csv_text, public
     from .models import fingerprint
     from .models import load as load_model
-    from .files import ensure_folder, write_json, write_text
+    from .files import ensure_folder, output_file, write_json, write_text
 
     distribute.one_thread_per_op()  # before TensorFlow's first op
 
     cells = _cells(grid, mask, ratio, strategies, ratios)
+    json_path = json_path and output_file(json_path, "--json")
     paths, nets, chosen = _methods(model_paths, baselines)
     methods = {**nets, **{b: b for b in chosen}}
     folder = ensure_folder(output)
@@ -439,12 +441,13 @@ def reconstruct(
 ):
     """Hide patches of your own images and reconstruct them (32x32 tiles, 4x4 patches)."""
     from . import masking, models
-    from .files import ensure_folder, write_json
+    from .files import ensure_folder, output_file, write_json
 
     masking.check(mask, ratio)
     if mask in masking.SCORED:
         raise MaskvitError(f"reconstruct cannot hide {mask} patches: those masks are ranked on CIFAR-10 test images by evaluate "
                            "and compare; choose random, row, column or block")
+    json_path = json_path and output_file(json_path, "--json")
     model_path = model_path or models.PICTURE_MODEL
     net = models.load(model_path)
     ensure_folder(output)

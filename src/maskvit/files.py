@@ -11,11 +11,11 @@ from pathlib import Path
 from .errors import MaskvitError
 
 
-def ensure_folder(path) -> Path:
+def ensure_folder(path, option: str = "--output") -> Path:
     """Create an output folder, or say in one line why it cannot be one."""
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise MaskvitError(f"{path}: is a file, not a folder; choose another --output")
+        raise MaskvitError(f"{path}: is a file, not a folder; choose another {option}")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -25,16 +25,26 @@ def ensure_folder(path) -> Path:
     return path
 
 
+def output_file(path, option: str) -> Path:
+    """Check a results file's path before the work that fills it, so a typo does not cost the
+    work: its folder is created if missing, and it must not be a folder itself."""
+    path = Path(path)
+    if path.is_dir():
+        raise MaskvitError(f"{path}: is a folder; give {option} a file name")
+    ensure_folder(path.parent, option)
+    return path
+
+
 @contextlib.contextmanager
 def atomic_path(path):
     """Yield a temporary path beside `path` (same suffix); rename it over `path` on success."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the result should read like any other file
+    path, tmp = Path(path), None
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
+        os.close(fd)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the result should read like any other file
         yield Path(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
@@ -42,7 +52,7 @@ def atomic_path(path):
     except OSError as e:
         raise MaskvitError(f"{path}: could not write ({e.strerror or e}); the previous file, if any, is untouched") from None
     finally:
-        if os.path.exists(tmp):
+        if tmp and os.path.exists(tmp):
             os.unlink(tmp)
 
 
