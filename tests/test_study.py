@@ -93,6 +93,8 @@ def test_compare_and_visualize_write_results(tmp_path, cli, thread_setup_calls):
     (["compare", "--baselines", "magic"], "unknown baseline 'magic'"),
     (["compare", "--grid", "--ratios", "0.5,1.2"], "strictly between 0 and 1"),
     (["compare", "--grid", "--ratios", "a,b"], "comma-separated list"),
+    (["compare", "--grid", "--ratios", ","], "--ratios names none"),
+    (["visualize", "--strategies", " , "], "--strategies names none"),
     (["evaluate", "x.keras", "--grid", "--strategies", "random,spiral"], "unknown mask strategy 'spiral'"),
     (["visualize", "--n", "0"], "--n must be between 1 and 64"),
     (["visualize", "--run", "/nonexistent.json", "--ratios", "0.5", "--strategies", "row"], "no such file"),

@@ -165,6 +165,8 @@ def _cells(grid: bool, mask: str, ratio: float, strategies: Optional[str], ratio
 
     strategy_list = parse_list(strategies, str) if strategies else list(GRID_STRATEGIES)
     ratio_list = parse_list(ratios) if ratios else list(GRID_RATIOS)
+    if not strategy_list or not ratio_list:
+        raise MaskvitError(f"--{'strategies' if not strategy_list else 'ratios'} names none; give a comma-separated list")
     cells = (strategy_list, ratio_list) if grid else ([mask], [ratio])
     for s in cells[0]:
         for r in cells[1]:
