@@ -92,7 +92,7 @@ def test_refine_model_started_from_a_mae_is_the_fill_plus_a_share_of_its_predict
     expected = fill + share * (mae((images, mask)).numpy() - fill)
     np.testing.assert_allclose(refine((images, mask)).numpy(), expected, atol=1e-6)
     refine.save(tmp_path / "refine.keras")
-    with pytest.raises(MaskvitError, match="a mae-refine model; this run trains a mae model"):
+    with pytest.raises(MaskvitError, match="holds model mae-refine; this run trains model mae "):
         train.start_from(models.build("mae", **TINY["mae"]), str(tmp_path / "refine.keras"))
 
 

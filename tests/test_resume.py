@@ -151,8 +151,8 @@ def test_init_starts_from_the_given_weights_and_refuses_another_model(fake_archi
     for a, b in zip(seen.weights, weights(source), strict=True):
         np.testing.assert_array_equal(a, b)
     assert record["config"]["init"] == str(source) and record["config"]["zoom"] == 2.0
-    with pytest.raises(MaskvitError, match="a mae model; this run trains a seed model"):
+    with pytest.raises(MaskvitError, match="holds model mae; this run trains model seed"):
         train.train(config(fake_archive, tmp_path / "b", init=str(source)))
     models.build("mae", **{**TINY["mae"], "decoder_depth": 2}).save(tmp_path / "small.keras")
-    with pytest.raises(MaskvitError, match="a mae model of another size .decoder_depth 2"):
+    with pytest.raises(MaskvitError, match="holds model mae of another size .decoder_depth 2"):
         train.train(config(fake_archive, tmp_path / "c", model="mae", init=str(tmp_path / "small.keras")))

@@ -301,10 +301,10 @@ def start_from(model, path: str) -> None:
     source = models.load(path)
     names = {cls: name for name, cls in models.MODELS.items()}
     if not isinstance(model, type(source)):
-        raise MaskvitError(f"--init {path}: a {names[type(source)]} model; this run trains a {names[type(model)]} model (--model)")
+        raise MaskvitError(f"--init {path}: holds model {names[type(source)]}; this run trains model {names[type(model)]} (--model)")
     other = ", ".join(f"{k} {v}" for k, v in source.hparams.items() if model.hparams.get(k) != v)
     if other:
-        raise MaskvitError(f"--init {path}: a {names[type(source)]} model of another size ({other})")
+        raise MaskvitError(f"--init {path}: holds model {names[type(source)]} of another size ({other})")
     layers = {layer.name: layer for layer in model._flatten_layers(include_self=False, recursive=False)}
     for layer in source._flatten_layers(include_self=False, recursive=False):
         if layer.weights:
