@@ -203,3 +203,15 @@ def test_data_folder_with_a_batch_missing(cli, tmp_path):
 def test_bare_command_shows_help(cli):
     code, out, err = cli()
     assert code == 0 and "Commands:" in out and "reconstruct" in out and err == ""
+
+
+def test_readme_library_example_runs(real_data, tmp_path):
+    """README's 'As a library' code, as written there, in a process of its own (its own main module)."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    code = readme.split("## As a library", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "example.py").write_text(code)
+    done = subprocess.run([sys.executable, "example.py"], cwd=tmp_path, env={**os.environ, "MASKVIT_DATA": real_data},
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "{'mean': 21.5" in done.stdout  # the shipped model at row 50% on the packaged images, as the comment says
+    assert json.loads((tmp_path / "runs" / "mae_mixed50_run.json").read_text())["best"]["epoch"] == 1
