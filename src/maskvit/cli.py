@@ -130,14 +130,18 @@ def train(
     hparams: str = typer.Option("", "--hparams", help="A smaller or larger model than the preset: comma-separated key=value, e.g. depth=2,dim=64. ViTs: dim, depth, heads, mlp_dim, dropout; mae(-refine) also decoder_dim, decoder_depth, decoder_mlp_dim (and fill_steps); autoencoders: bottleneck (and pixel_dropout)."),
 ):
     """Train a model; writes <prefix>_best.keras, <prefix>_final.keras and <prefix>_run.json."""
+    from .data import source_label
     from .models import parse_hparams
-    from .train import TrainConfig, train as run
+    from .train import TrainConfig, peak_lr, train as run
 
     config = TrainConfig(model=model, mask=mask, ratio=ratio, epochs=epochs, batch_size=batch_size, recipe=recipe,
                          val_size=val_size, limit=limit, seed=seed, data=data, output=str(output), name=name, resume=resume, precision=precision,
                          loss=loss, optimizer=optimizer, scorer=scorer and str(scorer), strategy=strategy, zoom=zoom, init=init and str(init))
     config.check()
     config.hparams = parse_hparams(hparams, config.model)
+    console.print(f"training {config.model}: {config.recipe} recipe ({config.optimizer} {peak_lr(config):g}, {config.precision}, batch "
+                  f"{config.batch_size}, {config.loss} loss), {config.mask} {config.ratio:.2f} masks, {config.epochs} epoch{'s' * (config.epochs > 1)}\n"
+                  f"data: {source_label(config.data)}; files: {output / config.prefix}_*", highlight=False, soft_wrap=True)
     record = run(config, progress=_progress_callback())
     if record.get("resumed_at_epochs"):
         console.print(f"resumed an interrupted run after epoch {record['resumed_at_epochs'][-1]}")
