@@ -395,7 +395,7 @@ PictureModelOpt = typer.Option(None, "--model", help="A .keras file written by m
 
 def _reconstruct_files(net, paths: list[Path], mask: str, ratio: float, seed: int, output: Path, shift: bool = True,
                        calibrate: bool = True) -> tuple[list[dict], list[str]]:
-    """Reconstruct each file; a bad file is reported and skipped, the others still run."""
+    """Reconstruct each file; a bad file among several is reported and skipped, the others still run."""
     from rich.progress import Progress
 
     from . import images
@@ -418,6 +418,8 @@ def _reconstruct_files(net, paths: list[Path], mask: str, ratio: float, seed: in
                              "blend": {"prediction": a, "long_fill": b, "short_fill": 1 - a - b},
                              "panel": str(panel_path), "reconstructed": str(recon_path), **images.image_scores(rgb, recon)})
             except MaskvitError as e:
+                if len(paths) == 1:
+                    raise  # one picture: its own error says it all
                 err_console.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
                 failures.append(str(path))
     return rows, failures
