@@ -9,7 +9,7 @@ from skimage.metrics import peak_signal_noise_ratio
 from skimage.restoration import inpaint_biharmonic
 
 from conftest import tiny_flag
-from maskvit import baselines, data, evaluate, importance, masking, models
+from maskvit import baselines, data, evaluate, figures, importance, masking, models
 
 
 def sample(n):
@@ -61,7 +61,7 @@ def test_grid_gives_every_method_the_same_masks_and_paired_differences():
 
 
 
-def test_compare_and_visualize_write_results(tmp_path, cli, thread_setup_calls):
+def test_compare_and_visualize_write_results(tmp_path, cli, thread_setup_calls, monkeypatch):
     model_path = tmp_path / "tiny.keras"
     models.build("mae", depth=1, decoder_depth=1).save(model_path)
     out = tmp_path / "results"
@@ -83,10 +83,15 @@ def test_compare_and_visualize_write_results(tmp_path, cli, thread_setup_calls):
     assert result["models"] == [{"file": str(model_path.resolve()), "sha256": sha256}] and result["data"] == "sample"
     assert f"tiny.keras (sha256 {sha256[:12]})" in (out / "summary.md").read_text()
 
+    losses = []  # the loss kind each run record's curves are drawn for
+    draw = figures.training_curves
+    monkeypatch.setattr(figures, "training_curves", lambda *a, **k: losses.append(a[3]) or draw(*a, **k))
+    shipped_run = models.DEFAULT_MODEL.resolve().with_name("maskvit_refine_run.json")
     code, stdout, err = cli("visualize", model_path, "--strategies", "row", "--ratios", "0.5", "--n", "3",
-                            "--data", "sample", "--output", out)
+                            "--data", "sample", "--output", out, "--run", shipped_run)
     assert code == 0, err
     assert (out / "examples_row50.png").exists() and (out / "curves_psnr.png").exists()
+    assert (out / "training_maskvit_refine_run.png").exists() and losses == ["log-mse"]
 
 
 @pytest.mark.parametrize("args, message", [
@@ -170,3 +175,19 @@ def test_raw_scoring_counts_the_models_errors_on_visible_patches_too():
     assert raw[0]["mse"]["mean"] > composite[0]["mse"]["mean"] + 1e-4  # plus the errors on visible pixels
     assert raw[0]["masked_mse"]["mean"] == pytest.approx(composite[0]["masked_mse"]["mean"], rel=1e-6)
     assert raw[1]["psnr"] == composite[1]["psnr"]  # baselines are always composites
+
+
+@pytest.mark.parametrize("loss, values, lr, scales", [
+    # The fast recipe: a negative loss (a mean of logarithms) and a warm-up from 0, neither of which a log axis can show.
+    ("log-mse", [-4.2, -4.3, -4.35], [0.0, 4e-3, 2e-3], ("linear", "linear")),
+    ("mse", [0.04, 0.03, 0.025], [1e-3, 1e-3, 5e-4], ("log", "log")),
+])
+def test_training_curves_show_every_epoch(loss, values, lr, scales, tmp_path, monkeypatch):
+    drawn = {}
+    monkeypatch.setattr(figures, "_save", lambda fig, path: drawn.setdefault("fig", fig))
+    figures.training_curves({"loss": values, "val_loss": [v * 0.99 for v in values], "lr": lr}, tmp_path / "t.png", loss=loss)
+    loss_axis, lr_axis = drawn["fig"].axes
+    assert (loss_axis.get_yscale(), lr_axis.get_yscale()) == scales
+    low, high = loss_axis.get_ylim()
+    assert low <= min(values) and max(values) <= high  # every point in view
+    assert ("log(hidden-pixel MSE)" in loss_axis.get_ylabel()) == (loss == "log-mse")

@@ -353,7 +353,7 @@ def visualize(
         record = _read_json(run)
         if "history" not in record:
             raise MaskvitError(f"{run}: not a training run record (no history)")
-        figures.training_curves(record["history"], folder / f"training_{run.stem}.png", run.stem)
+        figures.training_curves(record["history"], folder / f"training_{run.stem}.png", run.stem, (record.get("config") or {}).get("loss") or "mse")
         written.append(folder / f"training_{run.stem}.png")
     console.print("wrote " + ", ".join(str(p) for p in written))
 

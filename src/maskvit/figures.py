@@ -72,19 +72,25 @@ def examples(originals: np.ndarray, masked: np.ndarray, recons: dict[str, np.nda
     _save(fig, path)
 
 
-def training_curves(history: dict, path, title: str = "") -> None:
+def training_curves(history: dict, path, title: str = "", loss: str = "mse") -> None:
+    """Loss and learning rate per epoch. loss: the run's loss kind (its record's config.loss)."""
     epochs = np.arange(1, len(history["loss"]) + 1)
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
     a.plot(epochs, history["loss"], label="training loss")
     a.plot(epochs, history["val_loss"], label="validation loss")
     a.set_xlabel("epoch")
-    a.set_ylabel("MSE on hidden pixels")
-    a.set_yscale("log")
+    if loss == "log-mse":  # already a logarithm, and negative: a log axis would show nothing
+        a.set_ylabel("log-mse loss: mean over images of log(hidden-pixel MSE)", fontsize=8)
+    else:
+        a.set_ylabel("MSE on hidden pixels")
+        a.set_yscale("log")
     a.legend()
     b.plot(epochs, history["lr"], color="C2")
     b.set_xlabel("epoch")
     b.set_ylabel("learning rate")
-    b.set_yscale("log")
+    if min(history["lr"]) > 0:  # plateau halvings read best on a log axis; a warm-up from 0 cannot go on one
+        b.set_yscale("log")
     if title:
         fig.suptitle(title)
+    fig.tight_layout()  # the learning-rate axis's label clear of the loss panel
     _save(fig, path)
