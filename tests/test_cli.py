@@ -219,3 +219,43 @@ def test_readme_library_example_runs(real_data, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "{'mean': 21.5" in done.stdout  # the shipped model at row 50% on the packaged images, as the comment says
     assert json.loads((tmp_path / "runs" / "mae_mixed50_run.json").read_text())["best"]["epoch"] == 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train"], "interrupted; the same command continues from the last completed epoch (--no-resume starts over)\n"),
+    (["evaluate", "--data", "sample"], "interrupted\n"),
+])
+def test_ctrl_c_says_so_in_one_line_and_exits_130(args, message, cli, monkeypatch, tmp_path):
+    from maskvit import cli as cli_module, train
+
+    def interrupt(*_, **__):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "train", interrupt)
+    monkeypatch.setattr(cli_module, "_run_grid", interrupt)
+    code, out, err = cli(*args, "--output" if args[0] == "train" else "--limit", tmp_path if args[0] == "train" else 4)
+    assert code == 130 and err == message
+
+
+def test_an_error_that_ends_training_stops_the_progress_bar(cli, monkeypatch, tmp_path):
+    """In a terminal the bar hides the cursor and holds stderr while it runs; whatever ends
+    training must stop it, or the user's terminal is left without a cursor."""
+    import sys
+
+    from rich.console import Console
+    from rich.file_proxy import FileProxy
+
+    from maskvit import cli as cli_module, train
+    from maskvit.errors import MaskvitError
+
+    monkeypatch.setattr(cli_module, "console", Console(file=sys.stdout, force_terminal=True))
+
+    def fail_mid_training(config, progress):
+        progress.on_train_begin()
+        raise MaskvitError("simulated failure mid-training")
+
+    monkeypatch.setattr(train, "train", fail_mid_training)
+    code, out, err = cli("train", "--output", tmp_path)
+    assert code == 2 and err == "error: simulated failure mid-training\n"
+    assert out.rfind("\x1b[?25l") < out.rfind("\x1b[?25h")  # the cursor hidden, then shown again
+    assert not isinstance(sys.stderr, FileProxy)

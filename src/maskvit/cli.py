@@ -21,7 +21,7 @@ from rich.table import Table
 
 import numpy as np
 
-from .errors import MaskvitError, reason
+from .errors import Interrupted, MaskvitError, reason
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Masked image reconstruction with Vision Transformers on CIFAR-10.")
@@ -47,6 +47,15 @@ def _progress_callback():
     class RichProgress(keras.callbacks.Callback):
         """A bar per epoch, and one line per epoch with loss, validation loss and learning rate."""
 
+        bar = None
+
+        def close(self):
+            """Stop the bar whatever ended training: while it runs in a terminal it hides the
+            cursor and holds stdout and stderr, which an error or Ctrl-C (neither reaches
+            on_train_end) would otherwise leave so."""
+            if self.bar is not None:
+                self.bar.stop()
+
         def on_train_begin(self, logs=None):
             self.bar = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
                                 TextColumn("loss {task.fields[loss]:.5f}"), TimeRemainingColumn(), console=console, transient=True)
@@ -65,7 +74,7 @@ def _progress_callback():
                           f"lr {current_lr(self.model.optimizer):.2e}  {time.perf_counter() - self.t0:.0f}s")
 
         def on_train_end(self, logs=None):
-            self.bar.stop()
+            self.close()
 
     return RichProgress()
 
@@ -142,7 +151,13 @@ def train(
     console.print(f"training {config.model}: {config.recipe} recipe ({config.optimizer} {peak_lr(config):g}, {config.precision}, batch "
                   f"{config.batch_size}, {config.loss} loss), {config.mask} {config.ratio:.2f} masks, {config.epochs} epoch{'s' * (config.epochs > 1)}\n"
                   f"data: {source_label(config.data)}; files: {output / config.prefix}_*", highlight=False, soft_wrap=True)
-    record = run(config, progress=_progress_callback())
+    progress = _progress_callback()
+    try:
+        record = run(config, progress=progress)
+    except KeyboardInterrupt:
+        raise Interrupted("interrupted; the same command continues from the last completed epoch (--no-resume starts over)") from None
+    finally:
+        progress.close()
     if record.get("resumed_at_epochs"):
         console.print(f"resumed an interrupted run after epoch {record['resumed_at_epochs'][-1]}")
     if not record["chief"]:
@@ -531,19 +546,16 @@ def main() -> None:
     if not {"--help", "-h"} & set(sys.argv):
         _quiet_tensorflow()
     try:
-        code = app(standalone_mode=False)  # returns the exit code of --help and typer.Exit
+        code = app(standalone_mode=False)  # returns the exit code of --help, typer.Exit and Ctrl-C (130)
     except MaskvitError as e:
-        err_console.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
-        sys.exit(2)
+        err_console.print(f"{'' if isinstance(e, Interrupted) else 'error: '}{e}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(e.exit_code)
     except typer.Abort:
         err_console.print("aborted", markup=False)
         sys.exit(130)
     except typer.TyperException as e:  # bad command-line usage: unknown option, "abc" for a number...
         err_console.print(f"error: {e.format_message()} (see maskvit {' '.join(sys.argv[1:2])} --help)", markup=False, highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
-    except KeyboardInterrupt:
-        err_console.print("interrupted", markup=False)
-        sys.exit(130)
     except Exception as e:  # a bug: keep the traceback, show one line
         fd, log = tempfile.mkstemp(prefix="maskvit-error-", suffix=".log")
         with os.fdopen(fd, "w") as f:
@@ -551,4 +563,6 @@ def main() -> None:
         first = (str(e).splitlines() or [""])[0][:300]  # TensorFlow errors can span pages
         err_console.print(f"error: unexpected {type(e).__name__}: {first} (traceback in {log})", markup=False, highlight=False, soft_wrap=True)
         sys.exit(1)
+    if code == 130:  # Typer ends a Ctrl-C with this code and no word
+        err_console.print("interrupted", markup=False)
     sys.exit(code if isinstance(code, int) else 0)

@@ -1,8 +1,16 @@
-"""The one exception type the CLI turns into a one-line message and exit code 2."""
+"""The exceptions the CLI turns into a one-line message and an exit code."""
 
 
 class MaskvitError(Exception):
     """A problem with the user's input (file, value, model) that they can fix."""
+
+    exit_code = 2
+
+
+class Interrupted(MaskvitError):
+    """Ctrl-C, with what to do next; the exit code a shell gives it."""
+
+    exit_code = 130
 
 
 def reason(e: BaseException) -> str:
