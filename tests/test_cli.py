@@ -223,17 +223,19 @@ def test_readme_library_example_runs(real_data, tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["train"], "interrupted; the same command continues from the last completed epoch (--no-resume starts over)\n"),
-    (["evaluate", "--data", "sample"], "interrupted\n"),
+    (["evaluate", "--data", "sample", "--limit", "4"], "interrupted\n"),
 ])
 def test_ctrl_c_says_so_in_one_line_and_exits_130(args, message, cli, monkeypatch, tmp_path):
     from maskvit import cli as cli_module, train
+
+    monkeypatch.chdir(tmp_path)  # train's default --output lands here
 
     def interrupt(*_, **__):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(train, "train", interrupt)
     monkeypatch.setattr(cli_module, "_run_grid", interrupt)
-    code, out, err = cli(*args, "--output" if args[0] == "train" else "--limit", tmp_path if args[0] == "train" else 4)
+    code, out, err = cli(*args)
     assert code == 130 and err == message
 
 

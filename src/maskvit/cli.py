@@ -236,7 +236,8 @@ def evaluate(
     distribute.one_thread_per_op()  # before TensorFlow's first op
 
     cells = _cells(grid, mask, ratio, strategies, ratios)
-    json_path, csv_path = (path and output_file(path, option) for path, option in ((json_path, "--json"), (csv_path, "--csv")))
+    json_path = json_path and output_file(json_path, "--json")
+    csv_path = csv_path and output_file(csv_path, "--csv")
     model_path = model_path or models.DEFAULT_MODEL
     net = models.load(model_path)
     images = _test_images(data, limit)
