@@ -242,8 +242,6 @@ def test_ctrl_c_says_so_in_one_line_and_exits_130(args, message, cli, monkeypatc
 def test_an_error_that_ends_training_stops_the_progress_bar(cli, monkeypatch, tmp_path):
     """In a terminal the bar hides the cursor and holds stderr while it runs; whatever ends
     training must stop it, or the user's terminal is left without a cursor."""
-    import sys
-
     from rich.console import Console
     from rich.file_proxy import FileProxy
 
