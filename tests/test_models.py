@@ -1,3 +1,6 @@
+import json
+import zipfile
+
 import keras
 import numpy as np
 import pytest
@@ -7,13 +10,19 @@ from maskvit import masking, models
 from maskvit.errors import MaskvitError
 
 
-@pytest.fixture(scope="module", params=["seed", "mae", "mae-refine", "autoencoder", "autoencoder-dropout"])
+def randomise_refine_paths(model):
+    """mae-refine's fill embedding and gate start at zero: make every path count."""
+    for i, layer in enumerate((model.fill_embed, model.gate)):
+        layer.kernel.assign(tf.random.stateless_normal(layer.kernel.shape, seed=[3, i]) * 0.1)
+
+
+@pytest.fixture(scope="module", params=["seed", "mae", "mae-refine", "mae-refine decode_visible=false", "autoencoder", "autoencoder-dropout"])
 def model(request):
     keras.utils.set_random_seed(0)
-    model = models.build(request.param)
-    if request.param == "mae-refine":  # its fill embedding and gate start at zero: make every path count
-        for i, layer in enumerate((model.fill_embed, model.gate)):
-            layer.kernel.assign(tf.random.stateless_normal(layer.kernel.shape, seed=[3, i]) * 0.1)
+    name, _, hparams = request.param.partition(" ")
+    model = models.build(name, **models.parse_hparams(hparams, name))
+    if name == "mae-refine":
+        randomise_refine_paths(model)
     return model
 
 
@@ -44,6 +53,44 @@ def test_seed_architecture_is_the_reference():
     assert [isinstance(layer, kind) for layer, kind in zip(first, (keras.layers.LayerNormalization, keras.layers.MultiHeadAttention,
                                                                     keras.layers.LayerNormalization))] == [True] * 3
     assert m.blocks[0].attn._num_heads == 4 and m.blocks[0].attn._key_dim == 32 and m.blocks[0].dropout == 0.1
+
+
+@pytest.mark.parametrize("name", ["mae", "mae-refine"])
+def test_decoding_hidden_tokens_only_equals_the_full_decoder_at_depth_1(name):
+    """A single decoder block's hidden outputs see the same keys and values (every token as it
+    enters the decoder) whether or not the visible tokens are updated too; a second block sees
+    updated visible tokens only in the full decoder. Visible patches keep the input's."""
+    images, _ = batch()
+    mask = masking.make_masks("row", 0.4, 4, [5, 5])
+    hidden = masking.pixel_mask(mask).numpy()[..., 0]
+    outputs = {}
+    for depth in (1, 2):
+        keras.utils.set_random_seed(depth)
+        full = models.build(name, decoder_depth=depth)
+        if name == "mae-refine":
+            randomise_refine_paths(full)
+        partial = models.build(name, decoder_depth=depth, decode_visible=False)
+        partial.set_weights(full.get_weights())
+        outputs[depth] = full((images, mask)).numpy(), partial((images, mask)).numpy()
+        np.testing.assert_array_equal(outputs[depth][1][~hidden], images.numpy()[~hidden])
+    np.testing.assert_allclose(outputs[1][0][hidden], outputs[1][1][hidden], atol=1e-6)
+    assert np.abs(outputs[2][0][hidden] - outputs[2][1][hidden]).max() > 1e-3
+
+
+def test_switch_hyper_parameters_parse_as_true_or_false():
+    assert models.parse_hparams("decode_visible=False", "mae") == {"decode_visible": False}
+    assert models.parse_hparams("decode_visible=true", "mae-refine") == {"decode_visible": True}
+    with pytest.raises(MaskvitError, match="is not true or false"):
+        models.parse_hparams("decode_visible=0", "mae")
+    with pytest.raises(MaskvitError, match="must be true or false"):
+        models.build("mae", decode_visible=1)
+
+
+def test_model_files_from_before_decode_visible_decode_every_token():
+    """The shipped models were saved before the switch existed: they must load as they were trained."""
+    with zipfile.ZipFile(models.DEFAULT_MODEL) as file:
+        assert "decode_visible" not in json.loads(file.read("config.json"))["config"]
+    assert models.load().hparams["decode_visible"] is True
 
 
 def test_masked_mse_counts_hidden_pixels_only():

@@ -151,6 +151,10 @@ def test_init_starts_from_the_given_weights_and_refuses_another_model(fake_archi
     for a, b in zip(seen.weights, weights(source), strict=True):
         np.testing.assert_array_equal(a, b)
     assert record["config"]["init"] == str(source) and record["config"]["zoom"] == 2.0
+    partial = config(fake_archive, tmp_path / "a", model="mae", epochs=1, init=str(source), hparams={**TINY["mae"], "decode_visible": False})
+    train.train(partial, progress=seen)
+    for a, b in zip(seen.weights, weights(source), strict=True):
+        np.testing.assert_array_equal(a, b)
     with pytest.raises(MaskvitError, match="holds model mae; this run trains model seed"):
         train.train(config(fake_archive, tmp_path / "b", init=str(source)))
     models.build("mae", **{**TINY["mae"], "decoder_depth": 2}).save(tmp_path / "small.keras")

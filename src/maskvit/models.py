@@ -83,9 +83,11 @@ class Block(keras.layers.Layer):
         self.drop1 = keras.layers.Dropout(dropout)
         self.drop2 = keras.layers.Dropout(dropout)
 
-    def call(self, x, training=False):
+    def call(self, x, training=False, context=None):
+        """context [B,S,D]: tokens that x's tokens also attend to but that this block leaves as they are."""
         h = self.norm1(x)
-        x = x + self.attn(h, h, training=training)
+        keys = h if context is None else tf.concat([self.norm1(context), h], axis=1)
+        x = x + self.attn(h, keys, training=training)
         h = self.fc1(self.norm2(x))
         # Exact GELU in float32 even under bf16: on a CPU, TensorFlow takes 1.5x as long for it in bf16
         # as in float32 with the two casts.
@@ -213,10 +215,17 @@ class MAE(MaskedModel):
 
     Every mask in a batch hides the same number of patches, so the visible tokens form a dense
     [B,V,D] tensor: sort each row's patches visible-first, keep the first V, and undo the sort
-    (with a mask token in the hidden slots) before the decoder."""
+    (with a mask token in the hidden slots) before the decoder.
+
+    decode_visible=False: the decoder blocks update the H hidden tokens only, which attend to
+    the visible ones as they enter the decoder and to each other (as CrossMAE, Fu et al., 2024,
+    but with self-attention among the hidden); the output keeps the input's visible patches.
+    Only hidden patches count in the loss and the composite, so this drops work that never
+    reached either."""
 
     # A narrow decoder: it runs on all 64 tokens, so its width sets most of the speed-up.
-    DEFAULTS = dict(dim=128, depth=4, heads=4, mlp_dim=256, decoder_dim=64, decoder_depth=2, decoder_mlp_dim=128, dropout=0.0)
+    DEFAULTS = dict(dim=128, depth=4, heads=4, mlp_dim=256, decoder_dim=64, decoder_depth=2, decoder_mlp_dim=128, dropout=0.0,
+                    decode_visible=True)
 
     def __init__(self, name=None, **hparams):
         super().__init__(name=name or "mae")
@@ -235,43 +244,58 @@ class MAE(MaskedModel):
 
     def call(self, inputs, training=False):
         images, mask = inputs
-        h, restore = self.encode_visible(images, mask, training)
-        return unpatchify(self.decode(h, restore, training))
+        patches = patchify(images)  # [B,64,48]
+        h, order = self.encode_visible(images, mask, training)
+        return unpatchify(self.on_grid(self.head(self.decoder_tokens(h, order, training)), patches, order))
 
     def encode_visible(self, images, mask, training):
         """images [B,32,32,3], mask [B,64] -> encoded visible tokens [B,V,D] and, per image, the
-        order [B,64] that puts the sorted (visible-first) tokens back on the grid."""
+        patches' order [B,64]: visible first, each group in grid order."""
         tokens = self.embed(patchify(images)) + self.pos(self._positions())  # [B,64,D]
-        visible, restore = self.keep_visible(tokens, tf.cast(mask, tf.bool))  # [B,V,D], [B,64]
-        return self.encode(visible, training), restore
-
-    @staticmethod
-    def keep_visible(tokens, mask):
-        order = tf.argsort(tf.cast(mask, tf.int32), axis=1, stable=True)  # visible first [B,64]
+        mask = tf.cast(mask, tf.bool)
+        order = tf.argsort(tf.cast(mask, tf.int32), axis=1, stable=True)  # [B,64]
         n_visible = N_PATCHES - tf.reduce_sum(tf.cast(mask[:1], tf.int32))  # [:1]: a replica's batch may be empty
-        return tf.gather(tokens, order[:, :n_visible], batch_dims=1), tf.argsort(order, axis=1)
+        return self.encode(tf.gather(tokens, order[:, :n_visible], batch_dims=1), training), order
 
     def encode(self, h, training):
         for block in self.blocks:
             h = block(h, training=training)
         return self.norm(h)  # [B,V,D]
 
-    def decode(self, h, restore, training):
-        return self.head(self.decoder_tokens(h, restore, training))  # [B,64,48]
-
-    def decoder_tokens(self, h, restore, training, extra=None):
-        """Encoded visible tokens [B,V,D] -> the decoder's normalised output tokens [B,64,Dd];
-        extra [B,64,Dd] is added to every decoder input token, in grid order."""
+    def decoder_tokens(self, h, order, training, extra=None):
+        """Encoded visible tokens [B,V,D] -> the decoder's normalised output tokens: [B,64,Dd] in
+        grid order, or (decode_visible=False) [B,H,Dd] for the hidden patches, in `order`'s order.
+        extra [B,64,Dd], in grid order, is added to every decoder input token."""
         d = self.decoder_embed(h)  # [B,V,Dd]
-        shape = tf.shape(d)
-        fill = tf.broadcast_to(self.mask_token(tf.zeros([1, 1], tf.int32)), [shape[0], N_PATCHES - shape[1], shape[2]])
-        d = tf.concat([d, tf.cast(fill, d.dtype)], axis=1)  # visible, then hidden: sorted order
-        d = tf.gather(d, restore, batch_dims=1) + self.decoder_pos(self._positions())  # grid order [B,64,Dd]
-        if extra is not None:
-            d = d + tf.cast(extra, d.dtype)
+        b, n_visible = tf.shape(d)[0], tf.shape(d)[1]
+        hidden = tf.broadcast_to(self.mask_token(tf.zeros([1, 1], tf.int32)), [b, N_PATCHES - n_visible, tf.shape(d)[2]])
+        d = tf.concat([d, tf.cast(hidden, d.dtype)], axis=1)  # visible, then hidden: sorted order
+        added = self.decoder_pos(self._positions())  # [64,Dd]
+        if self.hparams["decode_visible"]:
+            d = tf.gather(d, tf.argsort(order, axis=1), batch_dims=1) + added  # grid order [B,64,Dd]
+            if extra is not None:
+                d = d + tf.cast(extra, d.dtype)
+            for block in self.decoder_blocks:
+                d = block(d, training=training)
+            return self.decoder_norm(d)
+        added = tf.gather(added, order) if extra is None else tf.gather(added + extra, order, batch_dims=1)
+        d = d + tf.cast(added, d.dtype)  # sorted order [B,64,Dd]
+        visible, d = d[:, :n_visible], d[:, n_visible:]
         for block in self.decoder_blocks:
-            d = block(d, training=training)
-        return self.decoder_norm(d)
+            d = block(d, training=training, context=visible)
+        return self.decoder_norm(d)  # [B,H,Dd]
+
+    def decoded(self, x, order, n_visible):
+        """x [B,64,C] in grid order -> the rows of the patches that the decoder's tokens stand for."""
+        return x if self.hparams["decode_visible"] else tf.gather(x, order[:, n_visible:], batch_dims=1)
+
+    def on_grid(self, out, patches, order):
+        """The decoder's output patches out (decoded's layout) -> [B,64,48] in grid order, the
+        undecoded (visible) patches taken from patches [B,64,48]."""
+        if self.hparams["decode_visible"]:
+            return out
+        kept = tf.gather(patches, order[:, : N_PATCHES - tf.shape(out)[1]], batch_dims=1)
+        return tf.gather(tf.concat([tf.cast(kept, out.dtype), out], axis=1), tf.argsort(order, axis=1), batch_dims=1)
 
 
 @keras.saving.register_keras_serializable(PACKAGE)
@@ -306,11 +330,12 @@ class RefineMAE(MAE):
     def _refine(self, images, mask, training):
         """-> (gated output, fill), [B,32,32,3] each."""
         fill = tf.stop_gradient(inpaint.smooth_fill(images, mask, self.hparams["fill_steps"]))
-        f = patchify(fill)  # [B,64,48]
-        h, restore = self.encode_visible(images, mask, training)
-        d = self.decoder_tokens(h, restore, training, extra=self.fill_embed(f))  # [B,64,Dd]
-        prediction, g = self.head(d), self.gate(d)  # [B,64,48] each
-        return unpatchify(f + g * (prediction - f)), fill
+        f = patchify(fill)  # [B,64,48]; its visible patches are the image's
+        h, order = self.encode_visible(images, mask, training)
+        d = self.decoder_tokens(h, order, training, extra=self.fill_embed(f))  # [B,T,Dd], T = 64 or H
+        fd = self.decoded(f, order, tf.shape(h)[1])  # [B,T,48]
+        prediction, g = self.head(d), self.gate(d)  # [B,T,48] each
+        return unpatchify(self.on_grid(fd + g * (prediction - fd), f, order)), fill
 
 
 @keras.saving.register_keras_serializable(PACKAGE)
@@ -374,9 +399,13 @@ def build(name: str, **hparams) -> MaskedModel:
 
 def check_hparams(name: str, hparams: dict) -> None:
     """Refuse a preset's unknown hyper-parameters and values it cannot be built with: counts
-    and widths are whole numbers from 1, dropout rates in [0, 1), widths split over the heads."""
+    and widths are whole numbers from 1, dropout rates in [0, 1), switches true or false, widths
+    split over the heads."""
     for key, value in hparams.items():
-        if isinstance(_default(name, key), int):
+        if isinstance(_default(name, key), bool):
+            if not isinstance(value, bool):
+                raise MaskvitError(f"hyper-parameter {key}={value!r}: must be true or false")
+        elif isinstance(_default(name, key), int):
             if not (isinstance(value, int) and value >= 1):
                 raise MaskvitError(f"hyper-parameter {key}={value!r}: must be a whole number from 1")
         elif not (isinstance(value, (int, float)) and 0 <= value < 1):
@@ -395,6 +424,11 @@ def parse_hparams(text: str, name: str) -> dict:
         if not value:
             raise MaskvitError(f"--hparams: {item!r} is not key=value, as in depth=2")
         kind = type(_default(name, key))
+        if kind is bool:
+            if value.lower() not in ("true", "false"):
+                raise MaskvitError(f"--hparams: {key}={value!r} is not true or false")
+            hparams[key] = value.lower() == "true"
+            continue
         try:
             hparams[key] = kind(value)
         except ValueError:
