@@ -23,7 +23,7 @@ def test_train_then_evaluate(fake_archive, tmp_path, cli):
     assert code == 0, err
     assert "epoch 2/2" in out and "val_loss" in out
     # What is being trained, said before the data is read (the rate scaled to the batch: 1e-3 x sqrt(32/128)).
-    assert out.startswith("training seed: seed recipe (adam 0.0005, float32, batch 32, mse loss), row 0.50 masks, 2 epochs\n"
+    assert out.startswith("training seed (dim=32, depth=1, heads=2, mlp_dim=64): seed recipe (adam 0.0005, float32, batch 32, mse loss), row 0.50 masks, 2 epochs\n"
                           f"data: {fake_archive.resolve()}; files: {out_dir / 'seed_row50'}_*\n")
     record = json.loads((out_dir / "seed_row50_run.json").read_text())
     assert record["config"]["mask"] == "row" and record["n_train"] == 160 and record["n_val"] == 40

@@ -148,7 +148,9 @@ def train(
                          loss=loss, optimizer=optimizer, scorer=scorer and str(scorer), strategy=strategy, zoom=zoom, init=init and str(init))
     config.check()
     config.hparams = parse_hparams(hparams, config.model)
-    console.print(f"training {config.model}: {config.recipe} recipe ({config.optimizer} {peak_lr(config):g}, {config.precision}, batch "
+    size = ", ".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in config.hparams.items())  # as --hparams takes them
+    size = f" ({size})" if size else ""
+    console.print(f"training {config.model}{size}: {config.recipe} recipe ({config.optimizer} {peak_lr(config):g}, {config.precision}, batch "
                   f"{config.batch_size}, {config.loss} loss), {config.mask} {config.ratio:.2f} masks, {config.epochs} epoch{'s' * (config.epochs > 1)}\n"
                   f"data: {source_label(config.data)}; files: {output / config.prefix}_*", highlight=False, soft_wrap=True)
     progress = _progress_callback()
