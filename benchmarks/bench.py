@@ -1,6 +1,6 @@
 """maskvit benchmarks: print measured numbers for the machine this runs on; assert nothing.
 
-    python benchmarks/bench.py --data PATH [--skip-eval] [--target-epochs 7 [--target-model mae] [--target-optimizer muon]] [--workers]
+    python benchmarks/bench.py --data PATH [--skip-eval] [--target-epochs 7 [--target-model mae] [--target-hparams K=V,...] [--target-optimizer muon]] [--workers]
 
 1. Training throughput (images/s, median of interleaved timed windows) of the seed and mae
    presets through maskvit's real pipeline (tf.data masks + Keras fit), beside a plain
@@ -73,13 +73,13 @@ def reference_seed(images, batch_size):
     return window
 
 
-def preset_fit(images, preset, batch_size, precision="float32"):
-    """A preset trained through maskvit's pipeline (tf.data masks + Keras fit); returns a function
-    that runs one window (a short fit call) and gives its seconds."""
+def preset_fit(images, preset, batch_size, precision="float32", hparams=None):
+    """A preset (with hparams, if given) trained through maskvit's pipeline (tf.data masks + Keras
+    fit); returns a function that runs one window (a short fit call) and gives its seconds."""
     keras.utils.set_random_seed(0)
     keras.mixed_precision.set_global_policy("mixed_bfloat16" if precision == "bfloat16" else "float32")
     try:
-        model = models.build(preset)  # layers keep the policy they were built under
+        model = models.build(preset, **(hparams or {}))  # layers keep the policy they were built under
     finally:
         keras.mixed_precision.set_global_policy("float32")
     # Each preset with its recipe's optimizer: Adam for seed (as the reference step), AdamW for mae.
@@ -88,7 +88,7 @@ def preset_fit(images, preset, batch_size, precision="float32"):
     timer = WindowTimer()
 
     def window():
-        model.fit(ds, epochs=1, steps_per_epoch=WARMUP + WINDOW, callbacks=[timer], verbose=0)
+        model.fit(ds, epochs=1, steps_per_epoch=WARMUP + WINDOW, callbacks=[timer], verbose=0, shuffle=False)
         return timer.seconds
 
     return window
@@ -98,18 +98,21 @@ def training_rates(images):
     """Images/s of each contestant, timed in interleaved rounds: this machine's speed drifts by
     10-20% over minutes, and a ratio of windows run seconds apart is steadier than one of runs
     minutes apart. Prints each contestant's median rate and the median of its per-round ratios."""
-    contestants = [("plain tf.function seed step, batch 128:       ", 128, reference_seed(images, 128))]
-    for preset, batch, precision in (("seed", 128, "float32"), ("mae", 128, "float32"), ("mae", 256, "float32"), ("mae", 256, "bfloat16"),
-                                     ("mae-refine", 256, "bfloat16")):
-        contestants.append((f"maskvit {preset:10s} fit, batch {batch}, {precision:8s}:", batch, preset_fit(images, preset, batch, precision)))
+    contestants = [("plain tf.function seed step, batch 128:", 128, reference_seed(images, 128))]
+    for preset, batch, precision, hparams in (("seed", 128, "float32", ""), ("mae", 128, "float32", ""), ("mae", 256, "float32", ""),
+                                              ("mae", 256, "bfloat16", ""), ("mae-refine", 256, "bfloat16", ""),
+                                              ("mae-refine", 256, "bfloat16", "decode_visible=false")):
+        contestants.append((f"maskvit {preset:10s} fit, batch {batch}, {precision}{' ' + hparams if hparams else ''}:", batch,
+                            preset_fit(images, preset, batch, precision, models.parse_hparams(hparams, preset))))
     for _, _, window in contestants:  # tracing and the first batches
         window()
     rates = [[batch * WINDOW / window() for _, batch, window in contestants] for _ in range(ROUNDS)]
+    width = max(len(label) for label, _, _ in contestants)
     for i, (label, _, _) in enumerate(contestants):
         rate = statistics.median(r[i] for r in rates)
         ratios = [r[i] / r[0] for r in rates]
         note = "reference" if i == 0 else f"range {min(ratios):.2f}-{max(ratios):.2f}"
-        print(f"{label} {rate:7.0f}  ({statistics.median(ratios):.2f}x, {note})")
+        print(f"{label:{width}s} {rate:7.0f}  ({statistics.median(ratios):.2f}x, {note})")
 
 
 def main():
@@ -120,6 +123,7 @@ def main():
     parser.add_argument("--target-epochs", type=int, default=0,
                         help="also train the fast recipe (random 50%% masks) for this many epochs, timing PSNR >= 22.75 dB")
     parser.add_argument("--target-model", default="mae-refine", choices=list(models.MODELS), help="the model trained for --target-epochs")
+    parser.add_argument("--target-hparams", default="", help="its --hparams, e.g. decode_visible=false")
     parser.add_argument("--target-optimizer", default=train.RECIPES["fast"]["optimizer"], choices=list(train.OPTIMIZERS["fast"]), help="its optimizer (train --optimizer)")
     args = parser.parse_args()
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.processor() or ''} python {platform.python_version()}, "
@@ -162,10 +166,11 @@ def main():
 def time_to_target(args, test_images, target=22.75):
     """Train a model from scratch under the fast recipe on random 50% masks; after each epoch score
     the full test set there."""
-    print(f"\n# time to PSNR >= {target} dB (full test set, random 50%), {args.target_model} from scratch, fast recipe ({args.target_optimizer}), random 50% masks,"
+    hparams = models.parse_hparams(args.target_hparams, args.target_model)
+    print(f"\n# time to PSNR >= {target} dB (full test set, random 50%), {' '.join(filter(None, (args.target_model, args.target_hparams)))} from scratch, fast recipe ({args.target_optimizer}), random 50% masks,"
           f" {args.target_epochs}-epoch schedule; training time only (the per-epoch test evaluation is excluded)")
     config = train.TrainConfig(recipe="fast", model=args.target_model, optimizer=args.target_optimizer, mask="random", epochs=args.target_epochs,
-                               data=args.data, output="/tmp/maskvit-bench", resume=False)
+                               hparams=hparams, data=args.data, output="/tmp/maskvit-bench", resume=False)
 
     class Probe(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):
