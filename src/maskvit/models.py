@@ -223,7 +223,8 @@ class MAE(MaskedModel):
     Only hidden patches count in the loss and the composite, so this drops work that never
     reached either."""
 
-    # A narrow decoder: it runs on all 64 tokens, so its width sets most of the speed-up.
+    # A narrow decoder: it runs on all 64 tokens (decode_visible=False: the hidden ones), so its
+    # width sets most of the speed-up.
     DEFAULTS = dict(dim=128, depth=4, heads=4, mlp_dim=256, decoder_dim=64, decoder_depth=2, decoder_mlp_dim=128, dropout=0.0,
                     decode_visible=True)
 
@@ -271,7 +272,7 @@ class MAE(MaskedModel):
         hidden = tf.broadcast_to(self.mask_token(tf.zeros([1, 1], tf.int32)), [b, N_PATCHES - n_visible, tf.shape(d)[2]])
         d = tf.concat([d, tf.cast(hidden, d.dtype)], axis=1)  # visible, then hidden: sorted order
         added = self.decoder_pos(self._positions())  # [64,Dd]
-        if self.hparams["decode_visible"]:
+        if self.hparams["decode_visible"]:  # its sums in the order the shipped models were trained with
             d = tf.gather(d, tf.argsort(order, axis=1), batch_dims=1) + added  # grid order [B,64,Dd]
             if extra is not None:
                 d = d + tf.cast(extra, d.dtype)
