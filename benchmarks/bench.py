@@ -73,13 +73,13 @@ def reference_seed(images, batch_size):
     return window
 
 
-def preset_fit(images, preset, batch_size, precision="float32", hparams=None):
-    """A preset (with hparams, if given) trained through maskvit's pipeline (tf.data masks + Keras
+def preset_fit(images, preset, batch_size, precision, hparams):
+    """A preset (with hparams) trained through maskvit's pipeline (tf.data masks + Keras
     fit); returns a function that runs one window (a short fit call) and gives its seconds."""
     keras.utils.set_random_seed(0)
     keras.mixed_precision.set_global_policy("mixed_bfloat16" if precision == "bfloat16" else "float32")
     try:
-        model = models.build(preset, **(hparams or {}))  # layers keep the policy they were built under
+        model = models.build(preset, **hparams)  # layers keep the policy they were built under
     finally:
         keras.mixed_precision.set_global_policy("float32")
     # Each preset with its recipe's optimizer: Adam for seed (as the reference step), AdamW for mae.

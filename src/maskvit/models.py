@@ -111,6 +111,8 @@ class MaskedModel(keras.Model):
     # weighs each image by the inverse of its error, as the mean PSNR the evaluation reports
     # does (mean PSNR = constant - 10 log10(e) * mean log MSE, at one ratio). Not saved.
     loss_kind = "mse"
+    # Hyper-parameters that change what the model computes but none of its weights.
+    WEIGHTLESS_HPARAMS = ()
 
     def train_step(self, data):
         return self._logs(super().train_step(self._remasked(data)))
@@ -223,6 +225,8 @@ class MAE(MaskedModel):
     Only hidden patches count in the loss and the composite, so this drops work that never
     reached either."""
 
+    # decode_visible changes what the decoder computes but none of its weights: --init copies across it.
+    WEIGHTLESS_HPARAMS = ("decode_visible",)
     # A narrow decoder: it runs on all 64 tokens (decode_visible=False: the hidden ones), so its
     # width sets most of the speed-up.
     DEFAULTS = dict(dim=128, depth=4, heads=4, mlp_dim=256, decoder_dim=64, decoder_depth=2, decoder_mlp_dim=128, dropout=0.0,
@@ -246,13 +250,13 @@ class MAE(MaskedModel):
     def call(self, inputs, training=False):
         images, mask = inputs
         patches = patchify(images)  # [B,64,48]
-        h, order = self.encode_visible(images, mask, training)
+        h, order = self.encode_visible(patches, mask, training)
         return unpatchify(self.on_grid(self.head(self.decoder_tokens(h, order, training)), patches, order))
 
-    def encode_visible(self, images, mask, training):
-        """images [B,32,32,3], mask [B,64] -> encoded visible tokens [B,V,D] and, per image, the
+    def encode_visible(self, patches, mask, training):
+        """patches [B,64,48], mask [B,64] -> encoded visible tokens [B,V,D] and, per image, the
         patches' order [B,64]: visible first, each group in grid order."""
-        tokens = self.embed(patchify(images)) + self.pos(self._positions())  # [B,64,D]
+        tokens = self.embed(patches) + self.pos(self._positions())  # [B,64,D]
         mask = tf.cast(mask, tf.bool)
         order = tf.argsort(tf.cast(mask, tf.int32), axis=1, stable=True)  # [B,64]
         n_visible = N_PATCHES - tf.reduce_sum(tf.cast(mask[:1], tf.int32))  # [:1]: a replica's batch may be empty
@@ -276,15 +280,14 @@ class MAE(MaskedModel):
             d = tf.gather(d, tf.argsort(order, axis=1), batch_dims=1) + added  # grid order [B,64,Dd]
             if extra is not None:
                 d = d + tf.cast(extra, d.dtype)
-            for block in self.decoder_blocks:
-                d = block(d, training=training)
-            return self.decoder_norm(d)
-        added = tf.gather(added, order) if extra is None else tf.gather(added + extra, order, batch_dims=1)
-        d = d + tf.cast(added, d.dtype)  # sorted order [B,64,Dd]
-        visible, d = d[:, :n_visible], d[:, n_visible:]
+            visible = None
+        else:
+            added = tf.gather(added, order) if extra is None else tf.gather(added + extra, order, batch_dims=1)
+            d = d + tf.cast(added, d.dtype)  # sorted order [B,64,Dd]
+            visible, d = d[:, :n_visible], d[:, n_visible:]  # [B,V,Dd] left as they are, [B,H,Dd] decoded
         for block in self.decoder_blocks:
             d = block(d, training=training, context=visible)
-        return self.decoder_norm(d)  # [B,H,Dd]
+        return self.decoder_norm(d)
 
     def decoded(self, x, order, n_visible):
         """x [B,64,C] in grid order -> the rows of the patches that the decoder's tokens stand for."""
@@ -332,7 +335,7 @@ class RefineMAE(MAE):
         """-> (gated output, fill), [B,32,32,3] each."""
         fill = tf.stop_gradient(inpaint.smooth_fill(images, mask, self.hparams["fill_steps"]))
         f = patchify(fill)  # [B,64,48]; its visible patches are the image's
-        h, order = self.encode_visible(images, mask, training)
+        h, order = self.encode_visible(patchify(images), mask, training)
         d = self.decoder_tokens(h, order, training, extra=self.fill_embed(f))  # [B,T,Dd], T = 64 or H
         fd = self.decoded(f, order, tf.shape(h)[1])  # [B,T,48]
         prediction, g = self.head(d), self.gate(d)  # [B,T,48] each

@@ -302,8 +302,7 @@ def start_from(model, path: str) -> None:
     names = {cls: name for name, cls in models.MODELS.items()}
     if not isinstance(model, type(source)):
         raise MaskvitError(f"--init {path}: holds model {names[type(source)]}; this run trains model {names[type(model)]} (--model)")
-    # decode_visible changes what the decoder computes, not its weights: either kind starts the other.
-    other = ", ".join(f"{k} {v}" for k, v in source.hparams.items() if k != "decode_visible" and model.hparams.get(k) != v)
+    other = ", ".join(f"{k} {v}" for k, v in source.hparams.items() if k not in model.WEIGHTLESS_HPARAMS and model.hparams.get(k) != v)
     if other:
         raise MaskvitError(f"--init {path}: holds model {names[type(source)]} of another size ({other})")
     layers = {layer.name: layer for layer in model._flatten_layers(include_self=False, recursive=False)}
