@@ -63,8 +63,11 @@ def real_data():
 
 
 @pytest.fixture
-def cli(monkeypatch, capsys):
-    """Run the real `maskvit` entry point in-process: returns (exit code, stdout, stderr)."""
+def cli(monkeypatch, capsys, thread_setup_calls):
+    """Run the real `maskvit` entry point in-process: returns (exit code, stdout, stderr).
+    Inference commands' distribute.one_thread_per_op is only recorded (thread_setup_calls): run
+    for real, it would set the threads of the whole test process, and training later in that
+    process would differ in the last bit from the same training in a fresh one."""
     import sys
 
     from maskvit import cli as cli_module
