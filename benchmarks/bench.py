@@ -74,16 +74,20 @@ def reference_seed(images, batch_size):
 
 
 def preset_fit(images, preset, batch_size, precision, hparams):
-    """A preset (with hparams) trained through maskvit's pipeline (tf.data masks + Keras
-    fit); returns a function that runs one window (a short fit call) and gives its seconds."""
+    """A preset (with hparams) trained through maskvit's pipeline (tf.data masks + Keras fit) and
+    its recipe's optimizer and loss; returns a function that runs one window (a short fit call)
+    and gives its seconds."""
     keras.utils.set_random_seed(0)
     keras.mixed_precision.set_global_policy("mixed_bfloat16" if precision == "bfloat16" else "float32")
     try:
         model = models.build(preset, **hparams)  # layers keep the policy they were built under
     finally:
         keras.mixed_precision.set_global_policy("float32")
-    # Each preset with its recipe's optimizer: Adam for seed (as the reference step), AdamW for mae.
-    model.compile(optimizer=keras.optimizers.Adam(1e-3) if preset == "seed" else keras.optimizers.AdamW(1e-3))
+    # What `maskvit train` runs: the seed with the seed recipe (Adam, MSE, as the reference step),
+    # the others with the fast recipe's optimizer (Muon and its schedule) and loss.
+    config = train.TrainConfig(recipe="seed" if preset == "seed" else "fast", model=preset, batch_size=batch_size, precision=precision)
+    model.compile(optimizer=train.make_optimizer(config, steps_per_epoch=100))
+    model.loss_kind = config.loss
     ds, _ = data.train_pipeline(images, batch_size, "random", 0.5, seed=0)
     timer = WindowTimer()
 
@@ -102,7 +106,8 @@ def training_rates(images):
     for preset, batch, precision, hparams in (("seed", 128, "float32", ""), ("mae", 128, "float32", ""), ("mae", 256, "float32", ""),
                                               ("mae", 256, "bfloat16", ""), ("mae-refine", 256, "bfloat16", ""),
                                               ("mae-refine", 256, "bfloat16", "decode_visible=false")):
-        contestants.append((f"maskvit {preset:10s} fit, batch {batch}, {precision}{' ' + hparams if hparams else ''}:", batch,
+        optimizer = train.RECIPES["seed" if preset == "seed" else "fast"]["optimizer"]
+        contestants.append((f"maskvit {preset:10s} fit, batch {batch}, {precision}, {optimizer}{' ' + hparams if hparams else ''}:", batch,
                             preset_fit(images, preset, batch, precision, models.parse_hparams(hparams, preset))))
     for _, _, window in contestants:  # tracing and the first batches
         window()
