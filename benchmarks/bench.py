@@ -28,6 +28,9 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from maskvit.cli import quiet_tensorflow  # noqa: E402
+
+quiet_tensorflow()  # the numbers on stdout, and no start-up lines of TensorFlow's on stderr
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -120,6 +123,15 @@ def training_rates(images):
         print(f"{label:{width}s} {rate:7.0f}  ({statistics.median(ratios):.2f}x, {note})")
 
 
+def cpu_name() -> str:
+    """The CPU's model name (Linux reports none through platform.processor()), else the architecture."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=None, help="CIFAR-10 archive or folder (default: $MASKVIT_DATA)")
@@ -131,7 +143,7 @@ def main():
     parser.add_argument("--target-hparams", default="", help="its --hparams, e.g. decode_visible=false")
     parser.add_argument("--target-optimizer", default=train.RECIPES["fast"]["optimizer"], choices=list(train.OPTIMIZERS["fast"]), help="its optimizer (train --optimizer)")
     args = parser.parse_args()
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.processor() or ''} python {platform.python_version()}, "
+    print(f"machine: {cpu_name()}, {os.cpu_count()} CPUs, python {platform.python_version()}, "
           f"tensorflow {tf.__version__}, keras {keras.__version__}")
     train_images, _ = data.load_split("train", args.data)
     test_images, _ = data.load_split("test", args.data)

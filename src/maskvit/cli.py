@@ -523,7 +523,7 @@ def demo(
     console.print(f"outputs in {output}/: *_panel.png (original | masked | reconstructed), demo.json")
 
 
-def _quiet_tensorflow() -> None:
+def quiet_tensorflow() -> None:
     """Import TensorFlow with stderr closed: its C++ start-up lines (oneDNN, CUDA probing on a
     machine without a GPU) ignore TF_CPP_MIN_LOG_LEVEL. MASKVIT_TF_LOGS=1 shows them."""
     if os.environ.get("MASKVIT_TF_LOGS"):
@@ -547,7 +547,7 @@ def main() -> None:
     if len(sys.argv) == 1:
         sys.argv.append("--help")  # a bare `maskvit` shows its help, not an error
     if not {"--help", "-h"} & set(sys.argv):
-        _quiet_tensorflow()
+        quiet_tensorflow()
     try:
         code = app(standalone_mode=False)  # returns the exit code of --help, typer.Exit and Ctrl-C (130)
     except MaskvitError as e:
