@@ -108,6 +108,7 @@ def test_evaluate_names_the_shipped_model_by_its_file(cli, tmp_path, monkeypatch
     (["compare", "--data", "sample", "--json", "."], "is a folder; give --json a file name"),
     (["evaluate", "--data", "sample", "--csv", "model.keras/r.csv"], "is a file, not a folder; choose another --csv"),
     (["reconstruct", "x.png", "--mask", "importance"], "reconstruct cannot hide importance patches"),
+    (["reconstruct", "x.png", "--mask", "mixed"], "reconstruct cannot hide mixed patches"),
     (["reconstruct", "missing.png"], "missing.png: no such file"),  # one picture: one line, no summary
     (["frobnicate"], "No such command"),
 ])

@@ -479,6 +479,9 @@ def reconstruct(
     if mask in masking.SCORED:
         raise MaskvitError(f"reconstruct cannot hide {mask} patches: those masks are ranked on CIFAR-10 test images by evaluate "
                            "and compare; choose random, row, column or block")
+    if mask == "mixed":  # else a picture would get one of three strategies at a ratio it does not report
+        raise MaskvitError("reconstruct cannot hide mixed patches: mixed draws a strategy and a ratio per batch, for training; "
+                           "choose random, row, column or block")
     json_path = json_path and output_file(json_path, "--json")
     model_path = model_path or models.PICTURE_MODEL
     net = models.load(model_path)
