@@ -49,6 +49,13 @@ def test_evaluate_scores_the_composite():
     assert result["psnr"]["ci95"][0] < result["psnr"]["mean"] < result["psnr"]["ci95"][1]
 
 
+def test_mixed_masks_report_the_fraction_they_hide():
+    images = data.load_split("test", data.SAMPLE)[0][:20]
+    result = evaluate.evaluate(models.build("seed"), images, "mixed", 0.5, seed=2)
+    assert result["effective_ratio"] == 21 / 64  # seed 2 draws 21 hidden patches, not the nominal 32
+    assert result["mse"]["mean"] == pytest.approx(result["masked_mse"]["mean"] * 21 / 64, rel=1e-5)
+
+
 def test_inference_batches_come_back_in_order_whatever_their_size():
     assert distribute.map_batches(lambda i, j: (i, j), 23, 5) == [(0, 5), (5, 10), (10, 15), (15, 20), (20, 23)]
     assert data.EVAL_BATCH % distribute.INFER_BATCH == 0  # no batch straddles two draws of "mixed" masks

@@ -125,7 +125,9 @@ def cell(methods: dict, images_u8: np.ndarray, strategy: str, ratio: float, seed
             "method": name,
             "strategy": strategy,
             "ratio": ratio,
-            "effective_ratio": masking.effective_ratio(strategy, ratio),
+            # The fraction the masks hide: the strategy's fixed count, or for mixed masks (a
+            # strategy and ratio per evaluation batch) what the draws came to, not the nominal ratio.
+            "effective_ratio": float(masks.mean()),
             "n_images": len(images_u8),
             "seed": seed,
             "scored": "output" if raw and not isinstance(method, str) else "composite",
