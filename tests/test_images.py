@@ -223,6 +223,16 @@ def test_bad_image_is_reported_and_good_ones_still_processed(kind, message, tmp_
     assert panel.shape[0] == 45 and panel.shape[1] > 3 * 70
 
 
+def test_unreadable_pictures_leave_no_new_output_folder(tmp_path, model_file, cli):
+    bad = make_bad(tmp_path, "text")
+    code, out, err = cli("reconstruct", bad, "--model", model_file, "--output", tmp_path / "new" / "out")
+    assert code == 2 and "not an image" in err and not (tmp_path / "new").exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    code, out, err = cli("reconstruct", bad, bad, "--model", model_file, "--output", kept)
+    assert code == 2 and "2 of 2 images could not be read" in err and kept.is_dir()
+
+
 def test_reconstruct_reports_the_blend_and_can_skip_it(tmp_path, model_file, cli):
     picture = tmp_path / "pic.png"
     Image.fromarray(photo(60, 80)).save(picture)

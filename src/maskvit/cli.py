@@ -485,8 +485,15 @@ def reconstruct(
     json_path = json_path and output_file(json_path, "--json")
     model_path = model_path or models.PICTURE_MODEL
     net = models.load(model_path)
-    ensure_folder(output)
-    rows, failures = _reconstruct_files(net, paths, mask, ratio, seed, output, shift, calibrate)
+    new_folders = [p for p in (output, *output.parents) if not p.exists()]  # deepest first
+    ensure_folder(output)  # first, so that a bad --output fails before the work
+    try:
+        rows, failures = _reconstruct_files(net, paths, mask, ratio, seed, output, shift, calibrate)
+    finally:
+        for folder in new_folders:  # no picture could be read: leave no empty folders behind
+            if any(folder.iterdir()):
+                break
+            folder.rmdir()
     if rows:
         console.print(_images_table(rows))
         console.print(f"outputs in {output}/")
