@@ -122,6 +122,7 @@ def test_bad_input_is_one_line_and_nonzero(args, message, tmp_path, cli, monkeyp
     assert message in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert err.startswith("error: ")
+    assert "" not in out.splitlines()  # not even the empty last line of a progress bar
 
 
 @pytest.mark.parametrize("damage", ["corrupt", "output-is-file"])

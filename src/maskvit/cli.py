@@ -38,9 +38,17 @@ SeedOpt = typer.Option(0, "--seed", help="Seed for masks, shuffling and initiali
 MaskSeedOpt = typer.Option(0, "--seed", help="Seed for the masks: the same seed gives every model the same masks.")
 
 
+def _bar(*columns):
+    """A transient progress bar (rich's default columns if none are given). None is drawn when
+    stdout is not a terminal, where rich would still end the bar with an empty line."""
+    from rich.progress import Progress
+
+    return Progress(*columns, console=console, transient=True, disable=not console.is_terminal)
+
+
 def _progress_callback():
     import keras
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
     from .train import current_lr
 
@@ -57,8 +65,8 @@ def _progress_callback():
                 self.bar.stop()
 
         def on_train_begin(self, logs=None):
-            self.bar = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("loss {task.fields[loss]:.5f}"), TimeRemainingColumn(), console=console, transient=True)
+            self.bar = _bar(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("loss {task.fields[loss]:.5f}"), TimeRemainingColumn())
             self.bar.start()
 
         def on_epoch_begin(self, epoch, logs=None):
@@ -204,13 +212,11 @@ def _test_images(data: Optional[str], limit: Optional[int]):
 
 
 def _run_grid(methods: dict, images, strategies, ratios, seed, scorer=None, raw=False) -> list[dict]:
-    from rich.progress import Progress
-
     from . import masking
     from .evaluate import grid
 
     label = f"scoring {len(methods)} method(s) on {len(images)} images"
-    with Progress(console=console, transient=True) as bar:
+    with _bar() as bar:
         # grid ranks the patches for importance masks before its first cell: on the full test
         # set, a third of the run, which the bar would otherwise spend at 0 cells done.
         ranking = set(strategies) & set(masking.SCORED)
@@ -420,12 +426,10 @@ PictureModelOpt = typer.Option(None, "--model", help="A .keras file written by m
 def _reconstruct_files(net, paths: list[Path], mask: str, ratio: float, seed: int, output: Path, shift: bool = True,
                        calibrate: bool = True) -> tuple[list[dict], list[str]]:
     """Reconstruct each file; a bad file among several is reported and skipped, the others still run."""
-    from rich.progress import Progress
-
     from . import images
 
     rows, failures = [], []
-    with Progress(console=console, transient=True) as bar:
+    with _bar() as bar:
         for path in paths:
             try:
                 rgb = images.read_rgb(path)
