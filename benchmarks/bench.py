@@ -26,9 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from maskvit.cli import quiet_tensorflow  # noqa: E402
+from maskvit.cli import quiet_tensorflow  # noqa: E402  (it also sets TF_CPP_MIN_LOG_LEVEL=2 unless set)
 
 quiet_tensorflow()  # the numbers on stdout, and no start-up lines of TensorFlow's on stderr
 import keras  # noqa: E402
@@ -76,22 +74,19 @@ def reference_seed(images, batch_size):
     return window
 
 
-def preset_fit(images, preset, batch_size, precision, hparams):
-    """A preset (with hparams) trained through maskvit's pipeline (tf.data masks + Keras fit) and
-    its recipe's optimizer and loss; returns a function that runs one window (a short fit call)
-    and gives its seconds."""
+def preset_fit(images, config):
+    """config's model trained as `maskvit train` would (tf.data masks, Keras fit, the recipe's
+    optimizer and loss); returns a function that runs one window (a short fit call) and gives its
+    seconds."""
     keras.utils.set_random_seed(0)
-    keras.mixed_precision.set_global_policy("mixed_bfloat16" if precision == "bfloat16" else "float32")
+    keras.mixed_precision.set_global_policy("mixed_bfloat16" if config.precision == "bfloat16" else "float32")
     try:
-        model = models.build(preset, **hparams)  # layers keep the policy they were built under
+        model = models.build(config.model, **config.hparams)  # layers keep the policy they were built under
     finally:
         keras.mixed_precision.set_global_policy("float32")
-    # What `maskvit train` runs: the seed with the seed recipe (Adam, MSE, as the reference step),
-    # the others with the fast recipe's optimizer (Muon and its schedule) and loss.
-    config = train.TrainConfig(recipe="seed" if preset == "seed" else "fast", model=preset, batch_size=batch_size, precision=precision)
     model.compile(optimizer=train.make_optimizer(config, steps_per_epoch=100))
     model.loss_kind = config.loss
-    ds, _ = data.train_pipeline(images, batch_size, "random", 0.5, seed=0)
+    ds, _ = data.train_pipeline(images, config.batch_size, "random", 0.5, seed=0)
     timer = WindowTimer()
 
     def window():
@@ -109,9 +104,11 @@ def training_rates(images):
     for preset, batch, precision, hparams in (("seed", 128, "float32", ""), ("mae", 128, "float32", ""), ("mae", 256, "float32", ""),
                                               ("mae", 256, "bfloat16", ""), ("mae-refine", 256, "bfloat16", ""),
                                               ("mae-refine", 256, "bfloat16", "decode_visible=false")):
-        optimizer = train.RECIPES["seed" if preset == "seed" else "fast"]["optimizer"]
-        contestants.append((f"maskvit {preset:10s} fit, batch {batch}, {precision}, {optimizer}{' ' + hparams if hparams else ''}:", batch,
-                            preset_fit(images, preset, batch, precision, models.parse_hparams(hparams, preset))))
+        # The seed with the seed recipe (Adam, MSE, as the reference step), the others with the fast one's.
+        config = train.TrainConfig(recipe="seed" if preset == "seed" else "fast", model=preset, batch_size=batch, precision=precision,
+                                   hparams=models.parse_hparams(hparams, preset))
+        contestants.append((f"maskvit {preset:10s} fit, batch {batch}, {precision}, {config.optimizer}{' ' + hparams if hparams else ''}:", batch,
+                            preset_fit(images, config)))
     for _, _, window in contestants:  # tracing and the first batches
         window()
     rates = [[batch * WINDOW / window() for _, batch, window in contestants] for _ in range(ROUNDS)]
