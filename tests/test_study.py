@@ -47,7 +47,7 @@ def test_parallel_biharmonic_equals_serial():
 def test_grid_gives_every_method_the_same_masks_and_paired_differences():
     images = sample(10)
     net = models.build("mae", depth=1, decoder_depth=1)
-    rows = evaluate.grid({"vit": net, "mean": "mean"}, images, ["random", "column"], [0.3, 0.6])
+    rows = evaluate.grid({"vit": net, "mean": "mean"}, images, ["random", "column"], [0.3, 0.6], on_ranking=lambda: pytest.fail("no importance masks"))
     assert [(r["method"], r["strategy"], r["ratio"]) for r in rows][:4] == [("vit", "random", 0.3), ("mean", "random", 0.3), ("vit", "random", 0.6), ("mean", "random", 0.6)]
     evaluate.add_baseline_differences(rows)
     vit, mean = rows[0], rows[1]
@@ -122,8 +122,11 @@ def test_importance_masks_follow_the_scorer_gradients():
     for i in range(12):  # every hidden patch is less important than every visible one (and vice versa)
         assert scores[i][least[i]].max() <= scores[i][~least[i]].min()
         assert scores[i][most[i]].min() >= scores[i][~most[i]].max()
-    rows = evaluate.grid({"vit": net, "mean": "mean"}, images, ["importance"], [0.3, 0.5])
+    events = []
+    rows = evaluate.grid({"vit": net, "mean": "mean"}, images, ["importance"], [0.3, 0.5], on_cell=lambda s, r: events.append((s, r)),
+                         on_ranking=lambda: events.append("ranking"))
     assert len(rows) == 4 and rows[0]["effective_ratio"] == 19 / 64
+    assert events == ["ranking", ("importance", 0.3), ("importance", 0.5)]  # one ranking, before the cells
 
 
 def test_importance_training_steps_use_the_importance_masks_of_the_current_weights():

@@ -212,17 +212,16 @@ def _test_images(data: Optional[str], limit: Optional[int]):
 
 
 def _run_grid(methods: dict, images, strategies, ratios, seed, scorer=None, raw=False) -> list[dict]:
-    from . import masking
     from .evaluate import grid
 
     label = f"scoring {len(methods)} method(s) on {len(images)} images"
     with _bar() as bar:
-        # grid ranks the patches for importance masks before its first cell: on the full test
-        # set, a third of the run, which the bar would otherwise spend at 0 cells done.
-        ranking = set(strategies) & set(masking.SCORED)
-        task = bar.add_task(f"ranking patches by importance on {len(images)} images" if ranking else label, total=len(strategies) * len(ratios))
+        task = bar.add_task(label, total=len(strategies) * len(ratios))
+        # Ranking patches for importance masks comes before the first cell: on the full test set
+        # a third of the run, which the bar would otherwise spend at 0 cells done, unexplained.
         return grid(methods, images, strategies, ratios, seed, on_cell=lambda s, r: bar.update(task, advance=1, description=label),
-                    scorer=scorer, raw=raw)
+                    scorer=scorer, raw=raw,
+                    on_ranking=lambda: bar.update(task, description=f"ranking patches by importance on {len(images)} images"))
 
 
 @app.command()

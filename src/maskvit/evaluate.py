@@ -157,13 +157,19 @@ def parse_list(text: str, kind=float) -> list:
 
 
 def grid(methods: dict, images_u8: np.ndarray, strategies: list[str], ratios: list[float], seed: int = 0, on_cell=None,
-         scorer=None, raw: bool = False) -> list[dict]:
-    """Every (strategy, ratio) cell for every method, on identical masks within a cell."""
+         scorer=None, raw: bool = False, on_ranking=None) -> list[dict]:
+    """Every (strategy, ratio) cell for every method, on identical masks within a cell.
+    on_ranking() is called before the patches are ranked for importance masks, once for all
+    cells; on_cell(strategy, ratio) after each cell."""
     for strategy in strategies:
         for ratio in ratios:
             masking.check(strategy, ratio)
     scorer = scorer or first_model(methods)
-    scores = importance.scores(scorer, images_u8, seed) if scorer is not None and set(strategies) & set(masking.SCORED) else None
+    scores = None
+    if scorer is not None and set(strategies) & set(masking.SCORED):
+        if on_ranking:
+            on_ranking()
+        scores = importance.scores(scorer, images_u8, seed)
     rows = []
     for strategy in strategies:
         for ratio in ratios:
