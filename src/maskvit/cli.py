@@ -479,12 +479,10 @@ def reconstruct(
     from .files import ensure_folder, output_file, write_json
 
     masking.check(mask, ratio)
-    if mask in masking.SCORED:
-        raise MaskvitError(f"reconstruct cannot hide {mask} patches: those masks are ranked on CIFAR-10 test images by evaluate "
-                           "and compare; choose random, row, column or block")
-    if mask == "mixed":  # else a picture would get one of three strategies at a ratio it does not report
-        raise MaskvitError("reconstruct cannot hide mixed patches: mixed draws a strategy and a ratio per batch, for training; "
-                           "choose random, row, column or block")
+    if mask in (*masking.SCORED, "mixed"):  # mixed: a picture would get one of three strategies at a ratio it does not report
+        why = ("mixed draws a strategy and a ratio per batch, for training" if mask == "mixed"
+               else "those masks are ranked on CIFAR-10 test images by evaluate and compare")
+        raise MaskvitError(f"reconstruct cannot hide {mask} patches: {why}; choose random, row, column or block")
     json_path = json_path and output_file(json_path, "--json")
     model_path = model_path or models.PICTURE_MODEL
     net = models.load(model_path)
