@@ -361,11 +361,11 @@ def visualize(
     _, nets, chosen = _methods(model_paths, baselines)
     folder = ensure_folder(output)
     images = _test_images(data, n)
+    originals = images.astype(np.float32) / 255.0
     written = []
     for strategy in strategy_list:
         for ratio in ratio_list:
             masks = masks_for(strategy, ratio, images, seed, scorer=next(iter(nets.values())))
-            originals = images.astype(np.float32) / 255.0
             masked = np.where(masking.pixel_mask(masks).numpy(), 0.5, originals)
             recons = {name: reconstruct(net, images, masks) for name, net in nets.items()}
             recons.update({b: baselines_mod.fill(b, originals, masks) for b in chosen})
