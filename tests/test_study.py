@@ -86,12 +86,13 @@ def test_compare_and_visualize_write_results(tmp_path, cli, thread_setup_calls, 
     losses = []  # the loss kind each run record's curves are drawn for
     draw = figures.training_curves
     monkeypatch.setattr(figures, "training_curves", lambda *a, **k: losses.append(a[3]) or draw(*a, **k))
-    shipped_run = models.DEFAULT_MODEL.resolve().with_name("maskvit_refine_run.json")
+    shipped = models.DEFAULT_MODEL.resolve()
+    shipped_run = shipped.with_name(f"{shipped.stem}_run.json")
     code, stdout, err = cli("visualize", model_path, "--strategies", "row", "--ratios", "0.5", "--n", "3",
                             "--data", "sample", "--output", out, "--run", shipped_run)
     assert code == 0, err
     assert (out / "examples_row50.png").exists() and (out / "curves_psnr.png").exists()
-    assert (out / "training_maskvit_refine_run.png").exists() and losses == ["log-mse"]
+    assert (out / f"training_{shipped_run.stem}.png").exists() and losses == ["log-mse"]
 
 
 @pytest.mark.parametrize("args, message", [
@@ -101,6 +102,8 @@ def test_compare_and_visualize_write_results(tmp_path, cli, thread_setup_calls, 
     (["compare", "--grid", "--ratios", ","], "--ratios names none"),
     (["visualize", "--strategies", " , "], "--strategies names none"),
     (["evaluate", "x.keras", "--grid", "--strategies", "random,spiral"], "unknown mask strategy 'spiral'"),
+    (["evaluate", "x.keras", "--strategies", "importance"], "--strategies chooses the cells of --grid; add --grid"),
+    (["compare", "--ratios", "0.3"], "--ratios chooses the cells of --grid; add --grid"),
     (["visualize", "--n", "0"], "--n must be between 1 and 64"),
     (["visualize", "--run", "/nonexistent.json", "--ratios", "0.5", "--strategies", "row"], "no such file"),
 ])

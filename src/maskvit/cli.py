@@ -192,6 +192,8 @@ def _cells(grid: bool, mask: str, ratio: float, strategies: Optional[str], ratio
     from . import masking
     from .evaluate import GRID_RATIOS, GRID_STRATEGIES, parse_list
 
+    if not grid and (strategies or ratios):  # else they would be ignored and one --mask/--ratio cell scored
+        raise MaskvitError(f"--{'strategies' if strategies else 'ratios'} chooses the cells of --grid; add --grid, or give one cell with --mask and --ratio")
     strategy_list = parse_list(strategies, str) if strategies else list(GRID_STRATEGIES)
     ratio_list = parse_list(ratios) if ratios else list(GRID_RATIOS)
     if not strategy_list or not ratio_list:
