@@ -87,10 +87,10 @@ def test_switch_hyper_parameters_parse_as_true_or_false():
 
 
 def test_model_files_from_before_decode_visible_decode_every_token():
-    """The shipped models were saved before the switch existed: they must load as they were trained."""
-    with zipfile.ZipFile(models.DEFAULT_MODEL) as file:
+    """The picture model was saved before the switch existed: it must load as it was trained."""
+    with zipfile.ZipFile(models.PICTURE_MODEL) as file:
         assert "decode_visible" not in json.loads(file.read("config.json"))["config"]
-    assert models.load().hparams["decode_visible"] is True
+    assert models.load(models.PICTURE_MODEL).hparams["decode_visible"] is True
 
 
 def test_masked_mse_counts_hidden_pixels_only():

@@ -22,7 +22,7 @@ def one_thread_per_op() -> bool:
     """For commands that only infer (evaluate, compare): each TensorFlow op on one thread, and as
     many batches at once as there are cores (map_batches). Our models are many small ops, which
     split over threads spend much of their time waiting on one another. On a 2-core EPYC,
-    `evaluate --grid` with the shipped model took 174, 182 and 201 s against 189, 218 and 266 s
+    `evaluate --grid` with the 4-block model then shipped took 174, 182 and 201 s against 189, 218 and 266 s
     in three back-to-back pairs, every number the same; the model's inference 0.64-0.71 against
     0.75-0.81 ms per image in three interleaved repeats (3,000 images, 3 ratios), importance
     scoring of 2,000 images 11.4-12.0 s against 13.2-14.2 s with TensorFlow's default threads

@@ -31,7 +31,7 @@ def probe_scores(model, images, probes):
 
 def scores(model, images_u8: np.ndarray, seed: int = 0, batch_size: int = distribute.INFER_BATCH) -> np.ndarray:
     """Importance [N,64] of uint8 images under PROBES seeded probe masks, batched
-    (distribute.map_batches). Small batches: with the shipped model on a 2-core EPYC, 50 images
+    (distribute.map_batches). Small batches: with the 4-block model once shipped, on a 2-core EPYC, 50 images
     (200 probe passes) took 5.3-5.9 ms per image against 6.3-7.0 ms for 250, in three
     interleaved repeats; the scores are identical."""
     n, half_probes = len(images_u8), PROBES // 2
