@@ -104,6 +104,8 @@ def test_compare_and_visualize_write_results(tmp_path, cli, thread_setup_calls, 
     (["evaluate", "x.keras", "--grid", "--strategies", "random,spiral"], "unknown mask strategy 'spiral'"),
     (["evaluate", "x.keras", "--strategies", "importance"], "--strategies chooses the cells of --grid; add --grid"),
     (["compare", "--ratios", "0.3"], "--ratios chooses the cells of --grid; add --grid"),
+    (["evaluate", "x.keras", "--scorer", "y.keras"], "--scorer ranks patches for importance masks; it has no use with random masks"),
+    (["compare", "--grid", "--strategies", "row,block", "--scorer", "y.keras"], "it has no use with row, block masks"),
     (["visualize", "--n", "0"], "--n must be between 1 and 64"),
     (["visualize", "--run", "/nonexistent.json", "--ratios", "0.5", "--strategies", "row"], "no such file"),
 ])

@@ -188,7 +188,7 @@ DrawRatiosOpt = typer.Option(None, "--ratios", help="Comma-separated ratios to d
 LimitOpt = typer.Option(None, "--limit", help="Score the first N test images only.")
 
 
-def _cells(grid: bool, mask: str, ratio: float, strategies: Optional[str], ratios: Optional[str]) -> tuple[list[str], list[float]]:
+def _cells(grid: bool, mask: str, ratio: float, strategies: Optional[str], ratios: Optional[str], scorer: Optional[Path] = None) -> tuple[list[str], list[float]]:
     from . import masking
     from .evaluate import GRID_RATIOS, GRID_STRATEGIES, parse_list
 
@@ -202,6 +202,8 @@ def _cells(grid: bool, mask: str, ratio: float, strategies: Optional[str], ratio
     for s in cells[0]:
         for r in cells[1]:
             masking.check(s, r)
+    if scorer and not set(cells[0]) & set(masking.SCORED):
+        raise MaskvitError(f"--scorer ranks patches for importance masks; it has no use with {', '.join(cells[0])} masks")
     return cells
 
 
@@ -250,7 +252,7 @@ def evaluate(
 
     distribute.one_thread_per_op()  # before TensorFlow's first op
 
-    cells = _cells(grid, mask, ratio, strategies, ratios)
+    cells = _cells(grid, mask, ratio, strategies, ratios, scorer)
     json_path = json_path and output_file(json_path, "--json")
     csv_path = csv_path and output_file(csv_path, "--csv")
     model_path = model_path or models.DEFAULT_MODEL
@@ -314,7 +316,7 @@ def compare(
 
     distribute.one_thread_per_op()  # before TensorFlow's first op
 
-    cells = _cells(grid, mask, ratio, strategies, ratios)
+    cells = _cells(grid, mask, ratio, strategies, ratios, scorer)
     json_path = json_path and output_file(json_path, "--json")
     paths, nets, chosen = _methods(model_paths, baselines)
     methods = {**nets, **{b: b for b in chosen}}
