@@ -199,3 +199,14 @@ def test_training_curves_show_every_epoch(loss, values, lr, scales, tmp_path, mo
     low, high = loss_axis.get_ylim()
     assert low <= min(values) and max(values) <= high  # every point in view
     assert ("log(hidden-pixel MSE)" in loss_axis.get_ylabel()) == (loss == "log-mse")
+
+
+@pytest.mark.parametrize("name, title", [
+    ("maskvit_refine_depth2", "maskvit_refine_\ndepth2"),
+    ("autoencoder_mixed", "autoencoder_\nmixed"),
+    ("biharmonic", "biharmonic"),
+    ("a_very_long_name_without_breaks_x", "a_very_long_\nname_without_\nbreaks_x"),
+    ("unbreakable_averyveryverylongword", "unbreakable_\naveryveryverylongword"),
+])
+def test_example_column_titles_break_after_underscores(name, title):
+    assert figures.column_title(name) == title

@@ -3,6 +3,8 @@ Each is written atomically."""
 
 from __future__ import annotations
 
+import re
+
 import matplotlib
 
 matplotlib.use("Agg")  # files only; no display needed
@@ -57,16 +59,28 @@ def ratio_curves(rows: list[dict], metric: str, path) -> None:
     _save(fig, path)
 
 
+def column_title(name: str, width: int = 16) -> str:
+    """A method's name over lines of at most `width` characters where it can break after an
+    underscore: at 1.3 inches a column, longer file stems run into their neighbours' titles."""
+    lines = [""]
+    for part in re.split(r"(?<=_)", name):
+        if lines[-1] and len(lines[-1]) + len(part) > width:
+            lines.append(part)
+        else:
+            lines[-1] += part
+    return "\n".join(lines)
+
+
 def examples(originals: np.ndarray, masked: np.ndarray, recons: dict[str, np.ndarray], path, title: str = "") -> None:
     """Rows of images: original, masked, then each method's reconstruction."""
     columns = {"original": originals, "masked": masked, **recons}
     n = len(originals)
-    fig, axes = plt.subplots(n, len(columns), figsize=(1.3 * len(columns), 1.3 * n), squeeze=False)
+    fig, axes = plt.subplots(n, len(columns), figsize=(1.3 * len(columns), 1.3 * n), squeeze=False, layout="constrained")  # room for two-line titles under the suptitle
     for j, (name, imgs) in enumerate(columns.items()):
         for i in range(n):
             axes[i, j].imshow(np.clip(imgs[i], 0, 1), interpolation="nearest")
             axes[i, j].axis("off")
-        axes[0, j].set_title(name, fontsize=7)
+        axes[0, j].set_title(column_title(name), fontsize=7)
     if title:
         fig.suptitle(title, fontsize=9)
     _save(fig, path)
