@@ -202,8 +202,8 @@ def _cells(grid: bool, mask: str, ratio: float, strategies: Optional[str], ratio
     for s in cells[0]:
         for r in cells[1]:
             masking.check(s, r)
-    if scorer and not set(cells[0]) & set(masking.SCORED):
-        raise MaskvitError(f"--scorer ranks patches for importance masks; it has no use with {', '.join(cells[0])} masks")
+    if scorer:
+        masking.check_scorer(cells[0])
     return cells
 
 

@@ -61,6 +61,12 @@ def check(strategy: str, ratio: float) -> None:
         raise MaskvitError(f"mask ratio must be a number strictly between 0 and 1, got {ratio}")
 
 
+def check_scorer(strategies: list[str]) -> None:
+    """A --scorer ranks patches for importance masks: refuse one given where none is drawn."""
+    if not set(strategies) & set(SCORED):
+        raise MaskvitError(f"--scorer ranks patches for importance masks; it has no use with {', '.join(strategies)} masks")
+
+
 def hidden_lines(ratio: float) -> int:
     """Whole rows (or columns) hidden: round(ratio*8), at least 1 and at most 7."""
     return min(max(_half_up(ratio * GRID), 1), GRID - 1)

@@ -81,8 +81,8 @@ class TrainConfig:
         if self.recipe not in RECIPES:
             raise MaskvitError(f"unknown recipe {self.recipe!r}; choose one of {', '.join(RECIPES)}")
         masking.check(self.mask, self.ratio)
-        if self.scorer is not None and self.mask not in masking.SCORED:
-            raise MaskvitError(f"--scorer ranks patches for importance masks; it has no use with --mask {self.mask}")
+        if self.scorer is not None:
+            masking.check_scorer([self.mask])
         models.check_hparams(self.model, self.hparams)  # the model's name too
         if self.strategy not in distribute.STRATEGIES:
             raise MaskvitError(f"unknown distribution strategy {self.strategy!r}; choose one of {', '.join(distribute.STRATEGIES)}")
