@@ -423,7 +423,7 @@ def _summary_markdown(result: dict) -> str:
 
 ModelOpt = typer.Option(None, "--model", help="A .keras file written by maskvit train (default: the shipped model).")
 PictureMaskOpt = typer.Option("random", "--mask", help="Masking strategy: random, row, column or block (importance masks are for evaluate and compare).")
-PictureModelOpt = typer.Option(None, "--model", help="A .keras file written by maskvit train (default: the shipped picture model, saved_models/maskvit_refine_zoom.keras; for CIFAR-10 images, the default of the other commands, saved_models/maskvit_refine_decoder128.keras, scores higher).")
+PictureModelOpt = typer.Option(None, "--model", help="A .keras file written by maskvit train (default: the shipped picture model, saved_models/maskvit_refine_zoom_decoder128.keras; for CIFAR-10 images, the default of the other commands, saved_models/maskvit_refine_decoder128.keras, scores higher).")
 
 
 def _reconstruct_files(net, paths: list[Path], mask: str, ratio: float, seed: int, output: Path, shift: bool = True,

@@ -37,7 +37,7 @@ from .files import atomic_path, ensure_folder, write_json
 # 22.41 / 22.49 / 22.55 dB after each epoch: 22.42 / 22.54 / 22.60 at AdamW's peak rate, 22.45 /
 # 22.61 / 22.71 at twice it (muon_lr). The default since a 16-epoch stage 2 from the AdamW
 # stage 1 scored +0.07 to +0.22 dB above AdamW's stage 2 in every cell of the test grid, SSIM
-# higher in each; both stages with Muon (the zoomed pair, now the picture model) +0.15 to +0.42 dB.
+# higher in each; both stages with Muon (the zoomed 4-block pair, maskvit_refine_zoom.keras) +0.15 to +0.42 dB.
 RECIPES = {
     "seed": dict(model="seed", batch_size=128, precision="float32", loss="mse", optimizer="adam", lr=1e-3,
                  plateau_factor=0.5, plateau_patience=3, min_lr=1e-4),
