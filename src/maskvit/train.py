@@ -20,20 +20,20 @@ from . import data, distribute, importance, masking, models
 from .errors import MaskvitError, reason
 from .files import atomic_path, ensure_folder, write_json
 
-# The recipes, with the model, batch size and precision each uses unless told otherwise.
-# "seed" is the reference notebook's. "fast", the default, trained the shipped models and the
-# fastest runs measured on this CPU: bf16 mixed precision (+10% images/s for the mae,
-# benchmarks/bench.py) without XLA (jit_compile, which Keras leaves off on a CPU: the shipped
-# model's size trained at 554 images/s in bf16 against 841 without it, after 3.5 min compiling),
-# Muon (below; AdamW before it), a linear warm-up, then cosine decay to 10% of
-# the peak rate rather than to zero (a prototype lost ~0.9 dB decaying to zero in a short run; here
-# zero gave -0.01 dB in 4 epochs and +0.00 to +0.03 in a quarter-hour stage 1: the model card's
-# "Decaying the learning rate to zero"; the shipped models' commands keep 10%). Its
-# beta_2 of 0.95 (MAE's) and log-mse loss each gained at random 50% in 7-epoch runs from scratch
-# (+0.01 and +0.04 dB), and together +0.15 to +0.29 dB at 50% masks after 36 epochs of mae on mixed
-# masks (the AdamW stage 1 against its predecessor). Its model is mae-refine: ~10% fewer images/s
-# than the plain mae, but it starts from the biharmonic fill and stays ahead (random 50%, mixed-mask
-# training: 22.3-22.5 dB after 3 epochs against the mae's 19.2-19.7 after 4).
+# The recipes, with the model, batch size and precision each uses unless told otherwise. "seed" is
+# the reference notebook's. "fast", the default, trained the shipped models and the fastest runs
+# measured on this CPU: bf16 mixed precision (+10% images/s for the mae, benchmarks/bench.py)
+# without XLA (jit_compile, which Keras leaves off on a CPU: the shipped model's size trained at 554
+# images/s in bf16 against 841 without it, after 3.5 min compiling), Muon (below; AdamW before it),
+# a linear warm-up, then cosine decay to 10% of the peak rate rather than to zero (a prototype lost
+# ~0.9 dB decaying to zero in a short run; here zero gave -0.01 dB in 4 epochs and +0.00 to +0.03 in
+# a quarter-hour stage 1: the model card's "Decaying the learning rate to zero"; the shipped models'
+# commands keep 10%). Its beta_2 of 0.95 (MAE's) and log-mse loss each gained at random 50% in
+# 7-epoch runs from scratch (+0.01 and +0.04 dB), and together +0.15 to +0.29 dB at 50% masks after
+# 36 epochs of mae on mixed masks (the AdamW stage 1 against its predecessor). Its model is
+# mae-refine: ~10% fewer images/s than the plain mae, but it starts from the biharmonic fill and
+# stays ahead (random 50%, mixed-mask training: 22.3-22.5 dB after 3 epochs against the mae's
+# 19.2-19.7 after 4).
 # --optimizer muon (fast recipe): Keras' Muon, the orthogonalised momentum update, on the
 # dense kernels (MLPs, patch and fill projections, head); Adam-style updates, with the recipe's
 # beta_2 and weight decay, on the rest (biases, norms, embeddings, the 3-D attention kernels).
