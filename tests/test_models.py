@@ -16,7 +16,7 @@ def randomise_refine_paths(model):
         layer.kernel.assign(tf.random.stateless_normal(layer.kernel.shape, seed=[3, i]) * 0.1)
 
 
-@pytest.fixture(scope="module", params=["seed", "mae", "mae-refine", "mae-refine decode_visible=false,positions=sincos", "autoencoder", "autoencoder-dropout"])
+@pytest.fixture(scope="module", params=["seed", "mae", "mae-refine", "mae-refine decode_visible=false", "autoencoder", "autoencoder-dropout"])
 def model(request):
     keras.utils.set_random_seed(0)
     name, _, hparams = request.param.partition(" ")
@@ -86,35 +86,12 @@ def test_switch_hyper_parameters_parse_as_true_or_false():
         models.build("mae", decode_visible=1)
 
 
-def test_sincos_positions_code_row_and_column_and_stay_fixed(tmp_path):
-    table = models.sincos_positions((64, 16)).numpy()  # 16 channels: 4 frequencies, 1 to 1/10000
-    omega = 10000.0 ** -(np.arange(4) / 4)
-    row, col = 2, 5
-    expected = np.concatenate([np.sin(row * omega), np.cos(row * omega), np.sin(col * omega), np.cos(col * omega)])
-    np.testing.assert_allclose(table[8 * row + col], expected, rtol=1e-6)
-    assert len(np.unique(table.round(4), axis=0)) == 64  # every patch its own code
-    assert models.parse_hparams("positions=sincos", "mae-refine") == {"positions": "sincos"}
-    with pytest.raises(MaskvitError, match="must be one of learned, sincos"):
-        models.parse_hparams("positions=fixed", "mae")
-
-    fixed, learned = models.build("mae", positions="sincos"), models.build("mae")
-    for layer in (fixed.pos, fixed.decoder_pos):
-        np.testing.assert_allclose(layer.embeddings.numpy(), models.sincos_positions(layer.embeddings.shape).numpy())
-        assert not any(w is layer.embeddings for w in fixed.trainable_weights)  # what fit and the optimizers update
-    assert any(w is learned.pos.embeddings for w in learned.trainable_weights)
-    assert len(fixed.weights) == len(learned.weights) and fixed.count_params() == learned.count_params()
-    fixed.save(tmp_path / "fixed.keras")
-    loaded = models.load(tmp_path / "fixed.keras")
-    assert loaded.hparams["positions"] == "sincos" and not loaded.pos.trainable and not loaded.decoder_pos.trainable
-
-
 def test_model_files_from_before_decode_visible_decode_every_token():
     """The picture model shipped before was saved before the switch existed: it must load as it was trained."""
     old = models.DEFAULT_MODEL.resolve().parent / "maskvit_refine_zoom.keras"  # beside the shipped files the assets link to
     with zipfile.ZipFile(old) as file:
         assert "decode_visible" not in json.loads(file.read("config.json"))["config"]
-    loaded = models.load(old)
-    assert loaded.hparams["decode_visible"] is True and loaded.hparams["positions"] == "learned"
+    assert models.load(old).hparams["decode_visible"] is True
 
 
 def test_masked_mse_counts_hidden_pixels_only():

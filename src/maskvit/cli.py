@@ -144,7 +144,7 @@ def train(
     strategy: str = typer.Option("default", "--strategy", help="default: one device; mirrored: every local GPU (or the CPU); multiworker: the cluster in TF_CONFIG. --batch-size is the global batch."),
     zoom: float = typer.Option(1.0, "--zoom", help="Above 1: train on random crops zoomed up to this factor (side 32/z px, resized to 32x32), as tiles of large photographs look; 1: whole images."),
     init: Optional[Path] = typer.Option(None, "--init", help="Start from this model file's weights instead of random ones: fine-tuning. The same --model, or mae-refine from a mae (it starts as the fill plus 12% of the mae's prediction)."),
-    hparams: str = typer.Option("", "--hparams", help="A smaller or larger model than the preset: comma-separated key=value, e.g. depth=2,dim=64. ViTs: dim, depth, heads, mlp_dim, dropout, positions (learned, or sincos: fixed 2-D sines and cosines); mae(-refine) also decoder_dim, decoder_depth, decoder_mlp_dim, decode_visible (true, or false: the decoder updates the hidden tokens only: trains 6-15% faster) (and fill_steps); autoencoders: bottleneck (and pixel_dropout)."),
+    hparams: str = typer.Option("", "--hparams", help="A smaller or larger model than the preset: comma-separated key=value, e.g. depth=2,dim=64. ViTs: dim, depth, heads, mlp_dim, dropout; mae(-refine) also decoder_dim, decoder_depth, decoder_mlp_dim, decode_visible (true, or false: the decoder updates the hidden tokens only: trains 6-15% faster) (and fill_steps); autoencoders: bottleneck (and pixel_dropout)."),
 ):
     """Train a model; writes <prefix>_best.keras, <prefix>_final.keras and <prefix>_run.json."""
     from .data import source_label

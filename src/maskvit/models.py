@@ -16,7 +16,6 @@ import zipfile
 from pathlib import Path
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from . import distribute, inpaint
@@ -48,27 +47,6 @@ LOSSES = ("mse", "log-mse")
 # log-mse's floor, a hidden-pixel MSE of 40 dB: near-perfect images (flat ones) would otherwise
 # take the largest weights, 1/MSE, in the gradient.
 LOG_FLOOR = 1e-4
-
-
-POSITIONS = ("learned", "sincos")
-
-
-def sincos_positions(shape, dtype=None):
-    """MAE's fixed 2-D sine-cosine positions [64,D] for the 8x8 grid: the first half of the
-    channels encode the patch's row, the second its column, each as sines then cosines of the
-    index at D/4 frequencies from 1 down to 1/10000 (a Keras initializer)."""
-    n, dim = shape
-    omega = 1.0 / 10000 ** (np.arange(dim // 4) / (dim // 4))  # [D/4]
-    rows, cols = np.divmod(np.arange(n), int(round(n**0.5)))
-    angles = [np.outer(index, omega) for index in (rows, cols)]  # [64,D/4] each
-    return tf.constant(np.concatenate([f(a) for a in angles for f in (np.sin, np.cos)], axis=1), dtype or "float32")
-
-
-def position_embedding(dim: int, kind: str, name: str) -> keras.layers.Embedding:
-    """Positions [64] -> [64,dim]: learned, or sincos: fixed (not trained, saved all the same)."""
-    if kind == "sincos":
-        return keras.layers.Embedding(N_PATCHES, dim, embeddings_initializer=sincos_positions, trainable=False, name=name)
-    return keras.layers.Embedding(N_PATCHES, dim, name=name)
 
 
 @keras.saving.register_keras_serializable(PACKAGE)
@@ -203,9 +181,9 @@ class MaskedModel(keras.Model):
         return tf.range(N_PATCHES)
 
     def _build_encoder(self, h: dict) -> None:
-        """Patch embedding, positions, transformer blocks, final norm: the ViTs' shared trunk."""
+        """Patch embedding, learned positions, transformer blocks, final norm: the ViTs' shared trunk."""
         self.embed = keras.layers.Dense(h["dim"], name="patch_embed")
-        self.pos = position_embedding(h["dim"], h["positions"], "pos_embed")
+        self.pos = keras.layers.Embedding(N_PATCHES, h["dim"], name="pos_embed")
         self.blocks = [Block(h["dim"], h["heads"], h["mlp_dim"], h["dropout"], name=f"block{i}") for i in range(h["depth"])]
         self.norm = keras.layers.LayerNormalization(epsilon=1e-6, name="norm")
 
@@ -215,7 +193,7 @@ class SeedViT(MaskedModel):
     """The reference model: zero-filled hidden patches, Linear(48->128) + learned positions,
     4 pre-LN blocks, LayerNorm, Linear(128->48) + sigmoid."""
 
-    DEFAULTS = dict(dim=128, depth=4, heads=4, mlp_dim=256, dropout=0.1, positions="learned")
+    DEFAULTS = dict(dim=128, depth=4, heads=4, mlp_dim=256, dropout=0.1)
 
     def __init__(self, name=None, **hparams):
         super().__init__(name=name or "seed_vit")
@@ -253,7 +231,7 @@ class MAE(MaskedModel):
     # A narrow decoder: it runs on all 64 tokens (decode_visible=False: the hidden ones), so its
     # width sets most of the speed-up.
     DEFAULTS = dict(dim=128, depth=4, heads=4, mlp_dim=256, decoder_dim=64, decoder_depth=2, decoder_mlp_dim=128, dropout=0.0,
-                    decode_visible=True, positions="learned")
+                    decode_visible=True)
 
     def __init__(self, name=None, **hparams):
         super().__init__(name=name or "mae")
@@ -263,7 +241,7 @@ class MAE(MaskedModel):
         dd = h["decoder_dim"]
         self.decoder_embed = keras.layers.Dense(dd, name="decoder_embed")
         self.mask_token = keras.layers.Embedding(1, dd, name="mask_token")
-        self.decoder_pos = position_embedding(dd, h["positions"], "decoder_pos_embed")
+        self.decoder_pos = keras.layers.Embedding(N_PATCHES, dd, name="decoder_pos_embed")
         self.decoder_blocks = [
             Block(dd, h["heads"], h["decoder_mlp_dim"], h["dropout"], name=f"decoder_block{i}") for i in range(h["decoder_depth"])
         ]
@@ -429,13 +407,10 @@ def build(name: str, **hparams) -> MaskedModel:
 
 def check_hparams(name: str, hparams: dict) -> None:
     """Refuse a preset's unknown hyper-parameters and values it cannot be built with: counts
-    and widths are whole numbers from 1, dropout rates in [0, 1), switches true or false,
-    positions one of POSITIONS, widths split over the heads."""
+    and widths are whole numbers from 1, dropout rates in [0, 1), switches true or false, widths
+    split over the heads."""
     for key, value in hparams.items():
-        if isinstance(_default(name, key), str):
-            if value not in POSITIONS:
-                raise MaskvitError(f"hyper-parameter {key}={value!r}: must be one of {', '.join(POSITIONS)}")
-        elif isinstance(_default(name, key), bool):
+        if isinstance(_default(name, key), bool):
             if not isinstance(value, bool):
                 raise MaskvitError(f"hyper-parameter {key}={value!r}: must be true or false")
         elif isinstance(_default(name, key), int):
@@ -461,9 +436,6 @@ def parse_hparams(text: str, name: str) -> dict:
             if value.lower() not in ("true", "false"):
                 raise MaskvitError(f"--hparams: {key}={value!r} is not true or false")
             hparams[key] = value.lower() == "true"
-            continue
-        if kind is str:
-            hparams[key] = value
             continue
         try:
             hparams[key] = kind(value)
