@@ -538,7 +538,7 @@ def demo(
             rows += _reconstruct_files(picture_net, [inputs / name], strategy, 0.5, 0, output, shift=name != "cifar10_test_mosaic.png")[0]
     console.print(_images_table(rows))
     results = [score(net, sample, strategy, 0.5) for strategy in ("random", "row", "column")]
-    console.print(_metrics_table(f"{cifar_path.resolve().name} on the 256 packaged CIFAR-10 test images", results))
+    console.print(_metrics_table(f"{cifar_path.resolve().name} on the packaged CIFAR-10 test sample", results))
     write_json(output / "demo.json", {"model": models.fingerprint(cifar_path), "picture_model": models.fingerprint(picture_path), "pictures": rows,
                                       "cifar10_sample": results})
     console.print(f"outputs in {output}/: *_panel.png (original | masked | reconstructed), demo.json")
