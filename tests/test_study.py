@@ -65,12 +65,12 @@ def test_compare_and_visualize_write_results(tmp_path, cli, thread_setup_calls, 
     model_path = tmp_path / "tiny.keras"
     models.build("mae", depth=1, decoder_depth=1).save(model_path)
     out = tmp_path / "results"
-    code, stdout, err = cli("compare", model_path, "--grid", "--strategies", "random,row", "--ratios", "0.5",
+    code, stdout, err = cli("compare", model_path, "--grid", "--strategies", "random,row", "--ratios", "0.3,0.5",
                             "--data", "sample", "--limit", "12", "--output", out)
     assert code == 0, err
     assert thread_setup_calls == [1]  # inference spread as one batch per core
     result = json.loads((out / "compare.json").read_text())
-    assert {r["method"] for r in result["rows"]} == {"tiny", "biharmonic", "mean"} and len(result["rows"]) == 6
+    assert {r["method"] for r in result["rows"]} == {"tiny", "biharmonic", "mean"} and len(result["rows"]) == 12
     assert all("vs_best_baseline" in r for r in result["rows"] if r["method"] == "tiny")
     # The printed table (piped here, as in a log) holds every row whole, differences included.
     assert "…" not in stdout
@@ -93,6 +93,30 @@ def test_compare_and_visualize_write_results(tmp_path, cli, thread_setup_calls, 
     assert code == 0, err
     assert (out / "examples_row50.png").exists() and (out / "curves_psnr.png").exists()
     assert (out / f"training_{shipped_run.stem}.png").exists() and losses == ["log-mse"]
+
+    # One ratio per line gives no curve: say so rather than draw lone dots.
+    one_ratio = tmp_path / "one_ratio.json"
+    one_ratio.write_text(json.dumps({**result, "rows": [r for r in result["rows"] if r["ratio"] == 0.5]}))
+    code, stdout, err = cli("visualize", model_path, "--strategies", "row", "--ratios", "0.5", "--n", "3",
+                            "--data", "sample", "--output", tmp_path / "single", "--results", one_ratio)
+    assert code == 0, err
+    assert "no metric-vs-ratio curves" in stdout and not (tmp_path / "single" / "curves_psnr.png").exists()
+
+
+@pytest.mark.parametrize("flag, text, message", [
+    ("--results", "[1, 2]", "not a maskvit record (its JSON is not an object)"),
+    ("--results", '{"rows": [{"method": "vit", "strategy": "row"}]}', "not a compare or evaluate results file"),
+    ("--results", '{"model": "vit"}', "not a compare or evaluate results file"),
+    ("--run", '{"history": {"loss": [1.0], "val_loss": [], "lr": [0.001]}}', "not a training run record"),
+    ("--run", '{"config": {}}', "not a training run record"),
+])
+def test_visualize_refuses_bad_records_before_drawing(flag, text, message, cli, tmp_path):
+    record = tmp_path / "record.json"
+    record.write_text(text)
+    code, out, err = cli("visualize", flag, record, "--strategies", "row", "--ratios", "0.5", "--data", "sample",
+                         "--output", tmp_path / "figures")
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "figures").exists()
 
 
 @pytest.mark.parametrize("args, message", [

@@ -9,6 +9,7 @@ import sys
 import tempfile
 import time
 import traceback
+from collections import Counter
 from pathlib import Path
 from typing import Optional
 
@@ -363,6 +364,10 @@ def visualize(
     if not 1 <= n <= 64:
         raise MaskvitError(f"--n must be between 1 and 64, got {n}")
     _, nets, chosen = _methods(model_paths, baselines)
+    # Read before anything is drawn, so a bad file costs no wait.
+    results = results or (output / "compare.json" if (output / "compare.json").exists() else None)
+    rows = _curve_rows(results) if results else []
+    records = {run: _run_record(run) for run in runs or []}
     folder = ensure_folder(output)
     images = _test_images(data, n)
     originals = images.astype(np.float32) / 255.0
@@ -376,30 +381,56 @@ def visualize(
             path = folder / f"examples_{strategy}{round(ratio * 100)}.png"
             figures.examples(originals, masked, recons, path, f"{strategy} masking, ratio {ratio:.2f}")
             written.append(path)
-    results = results or (folder / "compare.json" if (folder / "compare.json").exists() else None)
-    if results:
-        rows = _read_json(results).get("rows") or []
+    # A curve needs two ratios: a single-cell compare (its default) would draw lone dots.
+    if rows and max(Counter((r["method"], r["strategy"]) for r in rows).values()) > 1:
         for metric in ("psnr", "ssim"):
             figures.ratio_curves(rows, metric, folder / f"curves_{metric}.png")
             written.append(folder / f"curves_{metric}.png")
-    for run in runs or []:
-        record = _read_json(run)
-        if "history" not in record:
-            raise MaskvitError(f"{run}: not a training run record (no history)")
+    elif results:
+        console.print(f"no metric-vs-ratio curves: {results} scores one ratio per method and strategy (compare --grid scores three)")
+    for run, record in records.items():
         figures.training_curves(record["history"], folder / f"training_{run.stem}.png", run.stem, (record.get("config") or {}).get("loss") or "mse")
         written.append(folder / f"training_{run.stem}.png")
     console.print("wrote " + ", ".join(str(p) for p in written))
+
+
+def _curve_rows(path: Path) -> list[dict]:
+    """The rows of a compare or evaluate JSON, checked for what the ratio curves read."""
+    rows = _read_json(path).get("rows")
+    try:
+        ok = isinstance(rows, list) and rows and all(
+            isinstance(r["method"], str) and isinstance(r["strategy"], str)
+            and all(isinstance(v, (int, float)) for v in (r["effective_ratio"], r["psnr"]["mean"], r["ssim"]["mean"])) for r in rows)
+    except (KeyError, TypeError):
+        ok = False
+    if not ok:
+        raise MaskvitError(f"{path}: not a compare or evaluate results file (no rows of method, strategy, ratio, PSNR and SSIM)")
+    return rows
+
+
+def _run_record(path: Path) -> dict:
+    """A train run record, checked for what the training curves read."""
+    record = _read_json(path)
+    history = record.get("history")
+    columns = [history.get(k) for k in ("loss", "val_loss", "lr")] if isinstance(history, dict) else [None]
+    if not (all(isinstance(c, list) and c and all(isinstance(v, (int, float)) for v in c) for c in columns)
+            and len({len(c) for c in columns}) == 1):
+        raise MaskvitError(f"{path}: not a training run record (no history of loss, val_loss and lr per epoch)")
+    return record
 
 
 def _read_json(path: Path) -> dict:
     import json
 
     try:
-        return json.loads(Path(path).read_text())
+        record = json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise MaskvitError(f"{path}: no such file") from None
     except (OSError, ValueError) as e:
         raise MaskvitError(f"{path}: not readable JSON ({reason(e)})") from None
+    if not isinstance(record, dict):
+        raise MaskvitError(f"{path}: not a maskvit record (its JSON is not an object)")
+    return record
 
 
 def _summary_markdown(result: dict) -> str:
