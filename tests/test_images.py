@@ -229,8 +229,26 @@ def test_unreadable_pictures_leave_no_new_output_folder(tmp_path, model_file, cl
     assert code == 2 and "not an image" in err and not (tmp_path / "new").exists()
     kept = tmp_path / "kept"
     kept.mkdir()
-    code, out, err = cli("reconstruct", bad, bad, "--model", model_file, "--output", kept)
+    other = tmp_path / "other.png"
+    other.write_text("not an image either")
+    code, out, err = cli("reconstruct", bad, other, "--model", model_file, "--output", kept)
     assert code == 2 and "2 of 2 images could not be read" in err and kept.is_dir()
+
+
+def test_pictures_of_one_name_keep_their_own_outputs(tmp_path, model_file, cli):
+    for folder, size in (("a", 40), ("b", 48)):
+        (tmp_path / folder).mkdir()
+        Image.fromarray(photo(size, size)).save(tmp_path / folder / "x.png")
+    Image.fromarray(photo(36, 36)).save(tmp_path / "x-2.png")
+    pictures = [tmp_path / "a" / "x.png", tmp_path / "b" / "x.png", tmp_path / "x-2.png", tmp_path / "b" / ".." / "a" / "x.png"]
+    code, out, err = cli("reconstruct", *pictures, "--model", model_file, "--output", tmp_path / "out", "--json", tmp_path / "r.json",
+                         "--no-calibrate")
+    assert code == 0, err
+    rows = json.loads((tmp_path / "r.json").read_text())["images"]  # a/x.png, named twice, is done once
+    assert [(Path(r["image"]), Path(r["panel"]).name, r["width"]) for r in rows] == [
+        (pictures[0], "x_random50_panel.png", 40), (pictures[1], "x-3_random50_panel.png", 48), (pictures[2], "x-2_random50_panel.png", 36)]
+    for r in rows:  # each panel is its own picture's: original | masked | reconstructed, side by side
+        assert Image.open(r["panel"]).size[1] == r["height"] and Image.open(r["reconstructed"]).size == (r["width"], r["height"])
 
 
 def test_reconstruct_reports_the_blend_and_can_skip_it(tmp_path, model_file, cli):

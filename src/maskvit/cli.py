@@ -464,14 +464,14 @@ def _reconstruct_files(net, paths: list[Path], mask: str, ratio: float, seed: in
 
     rows, failures = [], []
     with _bar() as bar:
-        for path in paths:
+        for path, name in zip(paths, _output_names(paths)):
             try:
                 rgb = images.read_rgb(path)
                 task = bar.add_task(f"{path.name}", total=None)
                 masked, recon, (a, b) = images.reconstruct_image(net, rgb, mask, ratio, seed, shift=shift, calibrate=calibrate,
                                                                  on_batch=lambda done, total: bar.update(task, completed=done, total=total))
                 bar.remove_task(task)
-                stem = f"{path.stem}_{mask}{round(ratio * 100)}"
+                stem = f"{name}_{mask}{round(ratio * 100)}"
                 panel_path, recon_path = output / f"{stem}_panel.png", output / f"{stem}_reconstructed.png"
                 gap = np.full((rgb.shape[0], max(2, rgb.shape[1] // 64), 3), 255, np.uint8)
                 images.save_png(panel_path, np.concatenate([rgb, gap, masked, gap, recon], axis=1))
@@ -485,6 +485,19 @@ def _reconstruct_files(net, paths: list[Path], mask: str, ratio: float, seed: in
                 err_console.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
                 failures.append(str(path))
     return rows, failures
+
+
+def _output_names(paths: list[Path]) -> list[str]:
+    """Each picture's name for its outputs: its stem, numbered where another picture has the same
+    (a/x.png and b/x.jpg give x and x-2), so no picture's outputs overwrite another's."""
+    stems, names = {p.stem for p in paths}, []
+    for path in paths:
+        name, k = path.stem, 1
+        while name in names or (k > 1 and name in stems):
+            k += 1
+            name = f"{path.stem}-{k}"
+        names.append(name)
+    return names
 
 
 def _images_table(rows: list[dict]) -> Table:
@@ -514,6 +527,10 @@ def reconstruct(
     from .files import ensure_folder, output_file, write_json
 
     masking.check(mask, ratio)
+    firsts = {}  # a picture named twice is done once
+    for path in paths:
+        firsts.setdefault(path.resolve(), path)
+    paths = list(firsts.values())
     if mask in (*masking.SCORED, "mixed"):  # mixed: a picture would get one of three strategies at a ratio it does not report
         why = ("mixed draws a strategy and a ratio per batch, for training" if mask == "mixed"
                else "those masks are ranked on CIFAR-10 test images by evaluate and compare")
