@@ -101,6 +101,7 @@ def test_evaluate_names_the_shipped_model_by_its_file(cli, tmp_path, monkeypatch
     (["train", "--hparams", "depth"], "'depth' is not key=value"),
     (["train", "--data", "/nonexistent/cifar.tar.gz"], "no such file or folder"),
     (["evaluate", "/nonexistent/model.keras"], "no such model file"),
+    (["evaluate", "."], ".: is a folder; name a .keras model file in it"),
     (["evaluate", "MODEL_TEXT"], "not a Keras model file"),
     (["evaluate", "MODEL_TEXT", "--mask", "zigzag"], "unknown mask strategy"),
     # Checked before the work, which would otherwise be lost (run in tmp_path, which holds model.keras).

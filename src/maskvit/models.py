@@ -465,6 +465,8 @@ def load(path=None, compile: bool = False) -> MaskedModel:
     """Load a maskvit model file (default: the shipped one) with Keras safe_mode on: no code
     from the file runs. compile=True also restores the optimizer state (to resume training)."""
     path = Path(path) if path else DEFAULT_MODEL
+    if path.is_dir():
+        raise MaskvitError(f"{path}: is a folder; name a .keras model file in it")
     if not path.is_file():
         raise MaskvitError(f"{path}: no such model file")
     if not zipfile.is_zipfile(path):
