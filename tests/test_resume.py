@@ -74,6 +74,16 @@ def test_other_settings_do_not_resume_silently(fake_archive, tmp_path):
     record = train.train(config(fake_archive, tmp_path, epochs=2, resume=False))  # --no-resume starts over
     assert "resumed_at_epochs" not in record and len(record["history"]["loss"]) == 2
 
+    # The run is now finished: training again under its name, even with its settings, replaces
+    # nothing unless asked to (a slip of --epochs 1 must not overwrite an hour's best model).
+    best = (tmp_path / "seed_random50_best.keras").read_bytes()
+    for epochs in (2, 1):
+        with pytest.raises(MaskvitError, match="already holds a finished run 'seed_random50'.*--no-resume"):
+            train.train(config(fake_archive, tmp_path, epochs=epochs))
+    assert (tmp_path / "seed_random50_best.keras").read_bytes() == best
+    record = train.train(config(fake_archive, tmp_path, epochs=1, resume=False))
+    assert len(record["history"]["loss"]) == 1 and json.loads((tmp_path / "seed_random50_run.json").read_text())["history"] == record["history"]
+
 
 def test_failed_save_keeps_previous_file(tmp_path):
     path = tmp_path / "best.keras"
@@ -100,6 +110,8 @@ def test_non_finite_loss_stops_and_keeps_last_good_model(fake_archive, tmp_path,
     record = json.loads((tmp_path / "seed_random50_run.json").read_text())
     assert record["best"]["epoch"] == 1 and "final" not in record
     assert all(np.isfinite(w).all() for w in weights(tmp_path / "seed_random50_best.keras"))
+    with pytest.raises(MaskvitError, match="already holds a stopped run"):  # its last good model is kept
+        train.train(config(fake_archive, tmp_path))
 
 
 def test_importance_muon_bf16_training_resumes_to_identical_weights(fake_archive, tmp_path):

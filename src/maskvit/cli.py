@@ -140,7 +140,7 @@ def train(
     precision: Optional[str] = typer.Option(None, "--precision", help="float32 or bfloat16 (mixed precision; default: the recipe's)."),
     loss: Optional[str] = typer.Option(None, "--loss", help="mse: over the batch's hidden pixels; log-mse: the mean over images of log(hidden-pixel MSE), the loss whose minimum is the best mean PSNR. Default: the recipe's (fast: log-mse, seed: mse)."),
     optimizer: Optional[str] = typer.Option(None, "--optimizer", help="fast recipe: muon (default: Keras' Muon on the dense kernels, peak rate 4e-3, ahead of AdamW in short runs from scratch and in fine-tuning) or adamw (2e-3); seed recipe: adam."),
-    resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue an interrupted run of the same settings in --output (default), or start over."),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue an interrupted run of the same settings in --output and refuse to replace a finished one (default), or start over, replacing the files of a run of this name."),
     scorer: Optional[Path] = typer.Option(None, "--scorer", help="With --mask importance(-most): the model that ranks patches (default: the model being trained, at every step)."),
     strategy: str = typer.Option("default", "--strategy", help="default: one device; mirrored: every local GPU (or the CPU); multiworker: the cluster in TF_CONFIG. --batch-size is the global batch."),
     zoom: float = typer.Option(1.0, "--zoom", help="Above 1: train on random crops zoomed up to this factor (side 32/z px, resized to 32x32), as tiles of large photographs look; 1: whole images."),

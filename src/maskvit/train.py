@@ -322,7 +322,8 @@ def _same_run(a: dict, b: dict) -> bool:
 
 
 def unfinished_run(folder: Path, config: TrainConfig) -> dict | None:
-    """The record of an interrupted run of this config in folder, if there is one to resume."""
+    """The record of an interrupted run of this config in folder, if there is one to resume.
+    A finished or stopped run there is refused: its models are not replaced unasked."""
     path = folder / f"{config.prefix}_run.json"
     try:
         record = json.loads(path.read_text())
@@ -330,7 +331,10 @@ def unfinished_run(folder: Path, config: TrainConfig) -> dict | None:
         return None
     except (OSError, ValueError) as e:
         raise MaskvitError(f"{path}: unreadable run record ({reason(e)}); delete it or pass --no-resume") from None
-    if "resume" not in record or "final" in record or "stopped" in record:
+    if "final" in record or "stopped" in record:
+        raise MaskvitError(f"{folder} already holds a {'finished' if 'final' in record else 'stopped'} run '{config.prefix}'; "
+                           "choose another --name or --output, or pass --no-resume to train again and replace its files")
+    if "resume" not in record:
         return None
     if not _same_run(record["config"], asdict(config)):
         raise MaskvitError(f"{folder} holds an unfinished run '{config.prefix}' with other settings; "
