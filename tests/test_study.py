@@ -131,6 +131,8 @@ def test_visualize_refuses_bad_records_before_drawing(flag, text, message, cli, 
     (["evaluate", "x.keras", "--scorer", "y.keras"], "--scorer ranks patches for importance masks; it has no use with random masks"),
     (["compare", "--grid", "--strategies", "row,block", "--scorer", "y.keras"], "it has no use with row, block masks"),
     (["visualize", "--n", "0"], "--n must be between 1 and 64"),
+    (["compare", "m.keras", "./m.keras"], "error: m.keras is named twice; name each model once"),
+    (["visualize", "a/m.keras", "b/m.keras"], "two models share the file name m; rename one"),
     (["visualize", "--run", "/nonexistent.json", "--ratios", "0.5", "--strategies", "row"], "no such file"),
 ])
 def test_study_commands_reject_bad_input(args, message, cli, tmp_path, monkeypatch):

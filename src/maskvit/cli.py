@@ -285,9 +285,13 @@ def _methods(model_paths: Optional[list[Path]], baselines: str) -> tuple[list[Pa
         if b not in baselines_mod.BASELINES:
             raise MaskvitError(f"unknown baseline {b!r}; choose from {', '.join(baselines_mod.BASELINES)}")
     paths = model_paths or [models.DEFAULT_MODEL] + [p for p in [models.DEFAULT_AUTOENCODER] if p.exists()]
-    nets = {p.resolve().stem: models.load(p) for p in paths}
-    if len(nets) != len(paths):
-        raise MaskvitError("two models share a file name; rename one so the results can tell them apart")
+    resolved = [p.resolve() for p in paths]
+    for i, path in enumerate(resolved):  # checked before any model is loaded
+        if path in resolved[:i]:
+            raise MaskvitError(f"{paths[i]} is named twice; name each model once")
+        if path.stem in {q.stem for q in resolved[:i]}:
+            raise MaskvitError(f"two models share the file name {path.stem}; rename one so the results can tell them apart")
+    nets = {path.stem: models.load(p) for path, p in zip(resolved, paths)}
     return paths, nets, chosen
 
 
