@@ -65,11 +65,12 @@ def test_compare_and_visualize_write_results(tmp_path, cli, thread_setup_calls, 
     model_path = tmp_path / "tiny.keras"
     models.build("mae", depth=1, decoder_depth=1).save(model_path)
     out = tmp_path / "results"
-    code, stdout, err = cli("compare", model_path, "--grid", "--strategies", "random,row", "--ratios", "0.3,0.5",
+    code, stdout, err = cli("compare", model_path, "--grid", "--strategies", "random,row,random", "--ratios", "0.3,0.5,0.50",
                             "--data", "sample", "--limit", "12", "--output", out)
     assert code == 0, err
     assert thread_setup_calls == [1]  # inference spread as one batch per core
     result = json.loads((out / "compare.json").read_text())
+    # 2 strategies x 2 ratios x 3 methods: a cell named twice is scored once
     assert {r["method"] for r in result["rows"]} == {"tiny", "biharmonic", "mean"} and len(result["rows"]) == 12
     assert all("vs_best_baseline" in r for r in result["rows"] if r["method"] == "tiny")
     # The printed table (piped here, as in a log) holds every row whole, differences included.

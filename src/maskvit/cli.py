@@ -195,8 +195,9 @@ def _cells(grid: bool, mask: str, ratio: float, strategies: Optional[str], ratio
 
     if not grid and (strategies or ratios):  # else they would be ignored and one --mask/--ratio cell scored
         raise MaskvitError(f"--{'strategies' if strategies else 'ratios'} chooses the cells of --grid; add --grid, or give one cell with --mask and --ratio")
-    strategy_list = parse_list(strategies, str) if strategies else list(GRID_STRATEGIES)
-    ratio_list = parse_list(ratios) if ratios else list(GRID_RATIOS)
+    # A cell named twice is scored once: the same masks would give the same rows again.
+    strategy_list = list(dict.fromkeys(parse_list(strategies, str))) if strategies else list(GRID_STRATEGIES)
+    ratio_list = list(dict.fromkeys(parse_list(ratios))) if ratios else list(GRID_RATIOS)
     if not strategy_list or not ratio_list:
         raise MaskvitError(f"--{'strategies' if not strategy_list else 'ratios'} names none; give a comma-separated list")
     cells = (strategy_list, ratio_list) if grid else ([mask], [ratio])
