@@ -1,6 +1,7 @@
 """The real `maskvit` entry point, run in-process: results, exit codes and one-line errors."""
 
 import hashlib
+import importlib.metadata
 import json
 import os
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY, tiny_flag
+import maskvit
 from maskvit import models
 
 
@@ -111,7 +113,13 @@ def test_evaluate_names_the_shipped_model_by_its_file(cli, tmp_path, monkeypatch
     (["reconstruct", "x.png", "--mask", "importance"], "reconstruct cannot hide importance patches"),
     (["reconstruct", "x.png", "--mask", "mixed"], "reconstruct cannot hide mixed patches"),
     (["reconstruct", "missing.png"], "missing.png: no such file"),  # one picture: one line, no summary
-    (["frobnicate"], "No such command"),
+    # Usage mistakes point to the help of the command they were made in.
+    (["frobnicate"], "No such command 'frobnicate'. (see maskvit --help)"),
+    (["--bogus"], "No such option: --bogus (see maskvit --help)"),
+    (["train", "--bogus"], "(see maskvit train --help)"),
+    (["train", "--epochs"], "Option '--epochs' requires an argument. (see maskvit train --help)"),
+    (["--bogus", "train"], "(see maskvit --help)"),
+    (["evaluate", "--ratio", "half"], "Invalid value for '--ratio'"),
 ])
 def test_bad_input_is_one_line_and_nonzero(args, message, tmp_path, cli, monkeypatch):
     monkeypatch.chdir(tmp_path)  # should a case ever be accepted, it trains there, not in the checkout
@@ -124,6 +132,12 @@ def test_bad_input_is_one_line_and_nonzero(args, message, tmp_path, cli, monkeyp
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert err.startswith("error: ")
     assert "" not in out.splitlines()  # not even the empty last line of a progress bar
+
+
+def test_version_is_the_installed_one(cli):
+    code, out, err = cli("--version")
+    assert code == 0 and not err
+    assert out == f"maskvit {importlib.metadata.version('maskvit')}\n" == f"maskvit {maskvit.__version__}\n"
 
 
 @pytest.mark.parametrize("damage", ["corrupt", "output-is-file"])

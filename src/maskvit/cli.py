@@ -22,6 +22,7 @@ from rich.table import Table
 
 import numpy as np
 
+from . import __version__
 from .errors import Interrupted, MaskvitError, reason
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
@@ -30,6 +31,19 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 # about 155 characters); a narrow terminal folds cells onto more lines rather than cut numbers short.
 console = Console(width=None if sys.stdout.isatty() else 200)
 err_console = Console(stderr=True)
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        console.print(f"maskvit {__version__}", markup=False, highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_show_version, is_eager=True,
+                                        help="Show the version and exit.")) -> None:
+    pass  # the app's own options; its help text is the Typer app's
+
 
 DATA_HELP = "CIFAR-10 python archive (.tar.gz) or its extracted folder; 'sample' for the embedded test images. Default: $MASKVIT_DATA, else download."
 MaskOpt = typer.Option("random", "--mask", help="Masking strategy: random, row, column, block, importance / importance-most (the least / most important patches by a model's loss gradients; see --scorer), or (training) mixed: random, row or column per batch at ratio +-0.25.")
@@ -616,14 +630,25 @@ def quiet_tensorflow() -> None:
         os.close(saved)
 
 
+def _usage_path(e: typer.TyperException) -> str:
+    """The command a usage mistake was made in: `maskvit train --bogus` points to train's help,
+    `maskvit --bogus` and `maskvit bogus` to the list of commands."""
+    if getattr(e, "ctx", None):
+        return e.ctx.command_path
+    # An option missing its value fails before its command's context exists.
+    given = sys.argv[1] if len(sys.argv) > 1 else ""
+    return f"maskvit {given}" if given in typer.main.get_command(app).commands else "maskvit"
+
+
 def main() -> None:
     """Console entry point: user errors are one line; nothing ends in a bare traceback."""
     if len(sys.argv) == 1:
         sys.argv.append("--help")  # a bare `maskvit` shows its help, not an error
-    if not {"--help", "-h"} & set(sys.argv):
+    if not {"--help", "-h", "--version"} & set(sys.argv):
         quiet_tensorflow()
     try:
-        code = app(standalone_mode=False)  # returns the exit code of --help, typer.Exit and Ctrl-C (130)
+        # prog_name: usage lines and hints name the command, also under `python -m maskvit`.
+        code = app(standalone_mode=False, prog_name="maskvit")  # returns the exit code of --help, typer.Exit and Ctrl-C (130)
     except MaskvitError as e:
         err_console.print(f"{'' if isinstance(e, Interrupted) else 'error: '}{e}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
@@ -631,7 +656,7 @@ def main() -> None:
         err_console.print("aborted", markup=False)
         sys.exit(130)
     except typer.TyperException as e:  # bad command-line usage: unknown option, "abc" for a number...
-        err_console.print(f"error: {e.format_message()} (see maskvit {' '.join(sys.argv[1:2])} --help)", markup=False, highlight=False, soft_wrap=True)
+        err_console.print(f"error: {e.format_message()} (see {_usage_path(e)} --help)", markup=False, highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
     except Exception as e:  # a bug: keep the traceback, show one line
         fd, log = tempfile.mkstemp(prefix="maskvit-error-", suffix=".log")
