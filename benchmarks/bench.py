@@ -6,7 +6,8 @@
    presets through maskvit's real pipeline (tf.data masks + Keras fit), beside a plain
    tf.function training step of the seed model on in-memory tensors, in the same run.
 2. Evaluation throughput of `maskvit evaluate --grid` (5 strategies x 3 ratios, all metrics) on the
-   test set, the command run in its own process.
+   test set, the command run in its own process; then where the shipped model's grid time goes
+   (importance scoring, inference, metrics), stage by stage in a process set up as the command's.
 3. Wall time from the start of training to PSNR >= 22.75 dB on the full test set at random 50%.
 4. (--workers) `maskvit train` as one process and as two tf.distribute workers on 127.0.0.1
    (MultiWorkerMirroredStrategy), same global batch: training images/s of the whole cluster.
@@ -33,7 +34,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from maskvit import data, evaluate, masking, models, train  # noqa: E402
+from maskvit import data, distribute, evaluate, importance, masking, models, train  # noqa: E402
 
 ROUNDS, WARMUP, WINDOW = 6, 3, 20
 
@@ -139,10 +140,14 @@ def main():
     parser.add_argument("--target-model", default="mae-refine", choices=list(models.MODELS), help="the model trained for --target-epochs")
     parser.add_argument("--target-hparams", default="depth=2", help="its --hparams (default: a 2-block encoder, the fastest size to 22.75 dB measured; '' for the preset's size)")
     parser.add_argument("--target-optimizer", default=train.RECIPES["fast"]["optimizer"], choices=list(train.OPTIMIZERS["fast"]), help="its optimizer (train --optimizer)")
-    parser.add_argument("--target-only", action="store_true", help=argparse.SUPPRESS)  # the child process below
+    parser.add_argument("--target-only", action="store_true", help=argparse.SUPPRESS)  # the child processes below
+    parser.add_argument("--profile-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.target_only:
         time_to_target(args, data.load_split("test", args.data)[0])
+        return
+    if args.profile_only:
+        grid_profile(data.load_split("test", args.data)[0])
         return
     print(f"machine: {cpu_name()}, {os.cpu_count()} CPUs, python {platform.python_version()}, "
           f"tensorflow {tf.__version__}, keras {keras.__version__}")
@@ -174,6 +179,10 @@ def main():
                 seconds = json.loads(Path(result).read_text())["seconds"]
             print(f"{name:18s} {seconds:6.1f} s for {cells} cells = {cells * len(test_images) / seconds:.0f} images/s"
                   f" ({wall:.0f} s wall with start-up)")
+        sys.stdout.flush()
+        child = subprocess.run([sys.executable, os.path.abspath(__file__), "--profile-only", *sys.argv[1:]])
+        if child.returncode:
+            print(f"grid profile: its process failed (exit {child.returncode})")
 
     if args.target_epochs:
         # In a fresh process, as `maskvit train` starts: after the contestants above, this process's
@@ -185,6 +194,35 @@ def main():
             print(f"time to target: its process failed (exit {child.returncode})")
     if args.workers:
         workers_rate(args)
+
+
+def grid_profile(test_images, seed=0):
+    """The shipped model's `evaluate --grid`, stage by stage, with the command's thread setup
+    (so in a process that has run nothing else): importance scoring once, then per cell the
+    masks, the model's inference and the metrics."""
+    distribute.one_thread_per_op()  # as evaluate does, before TensorFlow's first op
+    net = models.load()
+    print("\n# where the shipped model's evaluate --grid time goes (the same work, stage by stage)")
+    t0 = time.perf_counter()
+    scores = importance.scores(net, test_images, seed)
+    ranking = time.perf_counter() - t0
+    originals = test_images.astype(np.float32) / 255.0
+    stages = {"masks": [], "inference": [], "metrics": []}
+    for strategy in evaluate.GRID_STRATEGIES:
+        for ratio in evaluate.GRID_RATIOS:
+            t0 = time.perf_counter()
+            masks = evaluate.masks_for(strategy, ratio, test_images, seed, net, scores)
+            t1 = time.perf_counter()
+            recon = evaluate.reconstruct(net, test_images, masks)
+            t2 = time.perf_counter()
+            evaluate.image_metrics(originals, recon, masks)
+            for stage, seconds in zip(stages, (t1 - t0, t2 - t1, time.perf_counter() - t2)):
+                stages[stage].append(seconds)
+    print(f"{'importance scoring':18s} {ranking:6.1f} s  ({importance.PROBES} probe passes, forward and backward, per image)")
+    for stage, times in stages.items():
+        traced = f", the first {times[0]:.2f} s with tracing" if stage == "inference" else ""
+        print(f"{stage:18s} {sum(times):6.1f} s  ({min(times):.2f}-{max(times):.2f} s a cell{traced})")
+    print(f"{'sum':18s} {ranking + sum(map(sum, stages.values())):6.1f} s")
 
 
 def time_to_target(args, test_images, target=22.75):
