@@ -38,6 +38,28 @@ def test_biharmonic_row_agrees_with_independent_skimage():
     assert rows[0]["psnr"]["mean"] == pytest.approx(np.mean(psnrs), abs=1e-4)
 
 
+@pytest.mark.parametrize("strategy", ["random", "row", "column", "block"])
+def test_biharmonic_is_skimages_bit_for_bit(strategy):
+    images = sample(12) / 255.0
+    for ratio in (0.3, 0.7):
+        hidden = baselines.pixel_mask(data.fixed_masks(strategy, ratio, len(images), 1))
+        for image, h in zip(images, hidden):
+            np.testing.assert_array_equal(baselines.inpaint_biharmonic(image, h), inpaint_biharmonic(image, h, channel_axis=-1))
+
+
+def test_biharmonic_is_skimages_for_any_size_and_pixels():
+    """Scattered hidden pixels on the border and corners, images narrower than the stencil, one or two channels."""
+    rng = np.random.default_rng(0)
+    for shape in [(5, 7, 1), (9, 4, 3), (3, 3, 2), (32, 32, 3), (17, 11, 3)]:
+        for density in (0.2, 0.6):
+            image = rng.random(shape)
+            hidden = rng.random(shape[:2]) < density
+            hidden[0, 0], hidden[-1, -1], hidden[1, 0] = True, True, False
+            ours = baselines.inpaint_biharmonic(image, hidden)
+            np.testing.assert_array_equal(ours, inpaint_biharmonic(image, hidden, channel_axis=-1))
+            assert not np.array_equal(ours[hidden], image[hidden])  # it did fill them
+
+
 def test_parallel_biharmonic_equals_serial():
     images = sample(8) / 255.0
     masks = data.fixed_masks("column", 0.3, 8, 0)
