@@ -72,7 +72,8 @@ def inpaint_biharmonic(image: np.ndarray, hidden: np.ndarray) -> np.ndarray:
     row_of = np.zeros(len(hidden), np.intp)
     row_of[rows] = np.arange(len(rows))
     index, coef = index[rows], coef[rows]  # [n,13]
-    unknown, known = (coef != 0) & hidden[index], (coef != 0) & ~hidden[index]
+    used, neighbour_hidden = coef != 0, hidden[index]
+    unknown, known = used & neighbour_hidden, used & ~neighbour_hidden
     r, k = np.nonzero(unknown)
     matrix = sparse.csr_array((coef[r, k], (r, row_of[index[r, k]])), shape=(len(rows), len(rows)))
     rhs = np.zeros((len(rows), channels))
